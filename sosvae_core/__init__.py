@@ -1,0 +1,2 @@
+"""SOS-VAE reference implementation."""
+__version__ = "0.1.0"
