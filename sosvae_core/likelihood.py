@@ -1,0 +1,511 @@
+"""Observation distributions of SOS-VAE (paper Section 3).
+
+An image y with S = C·H·W pixels (flattened in C, H, W order) is modelled as
+
+    p(y | z) = N(μ, Σ),   Σ = P Pᵀ + D,
+
+with the covariance factor P (`cov_factor`, S × R, rank R = 25 in the paper) and
+the diagonal D (`cov_diag`), which the paper fixes to ε·I with ε = 1e-5.
+Equivalently (eq. 4) a sample is
+
+    y = μ + P ω_p + √D ω_d,   ω_p ~ N(0, I_R),  ω_d ~ N(0, I_S),
+
+and everything below is O(S·R²): the S × S matrix Σ is never formed.
+
+The pixel-independent Gaussian of the β-VAE baseline, N(μ, diag(σ²)), is
+`DiagonalNormal`; it shares the interface where that makes sense.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch.distributions import Distribution, constraints
+
+__all__ = [
+    "CapacitanceError",
+    "LowRankNormal",
+    "DiagonalNormal",
+    "slerp",
+]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class CapacitanceError(RuntimeError):
+    """The R×R capacitance matrix I + Pᵀ D⁻¹ P could not be Cholesky-factorised."""
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(
+            f"{name} contains NaN or Inf values; check the network output (the trainer's "
+            f"NaN detector names the step) or lower the learning rate"
+        )
+
+
+def _flat_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A boolean mask over the S pixels, given flat (S,) or image-shaped (C, H, W)."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}; pass e.g. `mask > 0`")
+    mask = mask.reshape(-1)
+    if mask.numel() != size:
+        raise ValueError(
+            f"mask has {mask.numel()} entries but the image has S = {size} pixels; "
+            f"pass a (S,) or (C, H, W) mask shared by the batch"
+        )
+    return mask
+
+
+def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
+    tril, info = torch.linalg.cholesky_ex(capacitance)
+    if (info != 0).any():
+        bad = int((info != 0).nonzero()[0, 0]) if info.dim() else 0
+        raise CapacitanceError(
+            f"Cholesky of the {capacitance.shape[-1]}×{capacitance.shape[-1]} capacitance "
+            f"I + Pᵀ D⁻¹ P failed (batch element {bad}): it is not positive definite, which "
+            f"means cov_factor or cov_diag hold huge or non-finite values; lower the learning "
+            f"rate or raise the diagonal ε"
+        )
+    return tril
+
+
+class _FixedDiagTerms(torch.autograd.Function):
+    """Mahalanobis term and log|C| for Σ = PPᵀ + εI, with hand-derived gradients.
+
+    Forward: C = I + PᵀP/ε, ω* = C⁻¹Pᵀr/ε, u = r − Pω*, maha = ‖u‖²/ε + ‖ω*‖².
+    Backward (ω* is a minimiser, so its own variation drops out):
+        ∂maha/∂r = 2u/ε,   ∂maha/∂P = −2 u ω*ᵀ/ε,   ∂log|C|/∂P = 2 P C⁻¹/ε.
+    This reads P about five times in all, where autograd through the same
+    expression makes several more full S×R temporaries; see benchmarks/.
+    """
+
+    @staticmethod
+    def forward(ctx, r, P, eps):
+        tril = _cholesky(torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
+                         + (P.mT @ P).double() / eps)
+        omega = torch.cholesky_solve((P.mT @ r.unsqueeze(-1)).double() / eps, tril)
+        u = r - (P @ omega.to(P.dtype)).squeeze(-1)
+        maha = (u * u).sum(-1).double() / eps + omega.pow(2).sum((-2, -1))
+        log_det_cap = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        ctx.save_for_backward(P, u, omega, tril)
+        ctx.eps = eps
+        return maha, log_det_cap
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_maha, g_logdet):
+        P, u, omega, tril = ctx.saved_tensors
+        eps = ctx.eps
+        g_r = g_P = None
+        if ctx.needs_input_grad[0]:
+            g_r = (2 / eps) * g_maha.to(u.dtype).unsqueeze(-1) * u
+        if ctx.needs_input_grad[1]:
+            eye = torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
+            c_inv = torch.cholesky_solve(eye.expand_as(tril), tril)
+            M = ((2 / eps) * g_logdet.unsqueeze(-1).unsqueeze(-1) * c_inv).to(P.dtype)
+            g_P = P @ M
+            w = ((-2 / eps) * g_maha.unsqueeze(-1).unsqueeze(-1) * omega.mT).to(P.dtype)
+            g_P.addcmul_(u.unsqueeze(-1), w)  # in place: no second S×R temporary
+        return g_r, g_P, None
+
+
+class LowRankNormal(Distribution):
+    """N(μ, P Pᵀ + D) over flattened images (paper Section 3).
+
+    Args:
+        loc: μ, shape (..., S).
+        cov_factor: P, shape (..., S, R) with R ≤ S.
+        cov_diag: D, either a positive float ε (the paper's fixed ε·I, default 1e-5)
+            or a positive tensor broadcastable to (..., S) (a learned diagonal).
+        validate_args: check shapes and finiteness (costs one pass over P).
+
+    The R×R linear algebra runs in float64: it is tiny, and it keeps the
+    capacitance I + PᵀP/ε well-conditioned-enough for ε = 1e-5 in float32 nets.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        cov_factor: torch.Tensor,
+        cov_diag: Union[float, torch.Tensor] = 1e-5,
+        validate_args: Optional[bool] = None,
+    ):
+        if loc.dim() < 1:
+            raise ValueError("loc must have at least one dimension (..., S); flatten the image first")
+        if cov_factor.dim() < 2:
+            raise ValueError("cov_factor must have shape (..., S, R); got a tensor of shape "
+                             f"{tuple(cov_factor.shape)}")
+        S, R = cov_factor.shape[-2:]
+        if loc.shape[-1] != S:
+            raise ValueError(
+                f"loc has S = {loc.shape[-1]} pixels but cov_factor has {S} rows; both must "
+                f"describe the same flattened image (loc: (..., S), cov_factor: (..., S, R))"
+            )
+        if R > S:
+            raise ValueError(f"rank R = {R} exceeds the number of pixels S = {S}; use R ≤ S")
+        if isinstance(cov_diag, torch.Tensor):
+            if cov_diag.dim() == 0:
+                cov_diag = float(cov_diag)
+            else:
+                try:
+                    torch.broadcast_shapes(cov_diag.shape, loc.shape)
+                except RuntimeError:
+                    raise ValueError(
+                        f"cov_diag of shape {tuple(cov_diag.shape)} does not broadcast to loc "
+                        f"{tuple(loc.shape)}; pass a float ε or a tensor of shape (..., S)"
+                    ) from None
+        if isinstance(cov_diag, (int, float)):
+            if not (cov_diag > 0) or not math.isfinite(cov_diag):
+                raise ValueError(
+                    f"the diagonal ε must be a positive finite number, got {cov_diag}; "
+                    f"the paper uses ε = 1e-5"
+                )
+            cov_diag = float(cov_diag)
+        batch_shape = torch.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2])
+        self.loc = loc.expand(batch_shape + (S,))
+        self.cov_factor = cov_factor.expand(batch_shape + (S, R))
+        self.cov_diag = cov_diag
+        super().__init__(batch_shape, torch.Size([S]), validate_args=validate_args)
+        if self._validate_args:
+            _check_finite("loc", loc)
+            _check_finite("cov_factor", cov_factor)
+            if isinstance(cov_diag, torch.Tensor):
+                _check_finite("cov_diag", cov_diag)
+                if not (cov_diag > 0).all():
+                    raise ValueError("cov_diag must be strictly positive everywhere; "
+                                     "parameterise it as exp(·) or softplus(·) + ε")
+        self._cap_tril = None
+        self._log_det_cap = None
+
+    # -- sizes and the scalar-ε special case ----------------------------------------
+
+    @property
+    def rank(self) -> int:
+        return self.cov_factor.shape[-1]
+
+    @property
+    def fixed_diag(self) -> bool:
+        """True for the paper's D = ε·I, where the capacitance is I + PᵀP/ε."""
+        return isinstance(self.cov_diag, float)
+
+    def _diag_tensor(self) -> torch.Tensor:
+        if self.fixed_diag:
+            return self.loc.new_full(self.loc.shape, self.cov_diag)
+        return self.cov_diag.expand(self.loc.shape)
+
+    def _inv_diag_times(self, t: torch.Tensor, columns: bool = False) -> torch.Tensor:
+        """D⁻¹ t for a vector t (..., S), or for a matrix t (..., S, k) when `columns`."""
+        if self.fixed_diag:
+            return t / self.cov_diag
+        d = self.cov_diag.expand(self.loc.shape)
+        return t / (d.unsqueeze(-1) if columns else d)
+
+    # -- Woodbury and the determinant lemma --------------------------------------------
+
+    @property
+    def capacitance_tril(self) -> torch.Tensor:
+        """Cholesky factor of the capacitance C = I + Pᵀ D⁻¹ P (float64, cached)."""
+        if self._cap_tril is None:
+            P = self.cov_factor
+            if self.fixed_diag:  # scale the R×R result, not the S×R factor
+                gram = (P.mT @ P) / self.cov_diag
+            else:
+                gram = P.mT @ self._inv_diag_times(P, columns=True)  # the O(S·R²) step
+            eye = torch.eye(self.rank, dtype=torch.float64, device=P.device)
+            self._cap_tril = _cholesky(eye + gram.double())
+        return self._cap_tril
+
+    def _log_det_cov(self) -> torch.Tensor:
+        # matrix determinant lemma: log|PPᵀ + D| = log|C| + log|D|
+        if self._log_det_cap is None:
+            self._log_det_cap = 2 * self.capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        if self.fixed_diag:
+            log_det_d = self.event_shape[0] * math.log(self.cov_diag)
+        else:
+            log_det_d = self.cov_diag.log().expand(self.loc.shape).sum(-1).double()
+        return self._log_det_cap + log_det_d
+
+    def _posterior_omega(self, residual: torch.Tensor) -> torch.Tensor:
+        """ω* = C⁻¹ Pᵀ D⁻¹ r: the mean of ω_p given y (the Woodbury solve)."""
+        rhs = (self.cov_factor.mT @ self._inv_diag_times(residual).unsqueeze(-1)).double()
+        return torch.cholesky_solve(rhs, self.capacitance_tril).squeeze(-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log N(y; μ, PPᵀ + D), O(S·R²).
+
+        The Mahalanobis term uses Woodbury in its minimisation form,
+            rᵀ Σ⁻¹ r = min_ω ‖r − Pω‖²_{D⁻¹} + ‖ω‖²  at  ω* = C⁻¹ Pᵀ D⁻¹ r,
+        which equals rᵀD⁻¹r − ‖L⁻¹PᵀD⁻¹r‖² but subtracts per pixel rather than two
+        sums of size ~S/ε, so float32 does not cancel catastrophically at ε = 1e-5.
+        """
+        if value.shape[-1] != self.event_shape[0]:
+            raise ValueError(f"value has {value.shape[-1]} pixels, expected S = "
+                             f"{self.event_shape[0]}; flatten images to (..., S)")
+        r = value - self.loc
+        S = self.event_shape[0]
+        if self.fixed_diag and r.shape == self.loc.shape:
+            # the paper's case, one value per distribution: fused gradients
+            maha, log_det_cap = _FixedDiagTerms.apply(r, self.cov_factor, self.cov_diag)
+            if self._log_det_cap is None:
+                self._log_det_cap = log_det_cap  # shared with entropy()
+            log_det = log_det_cap + S * math.log(self.cov_diag)
+        else:
+            omega = self._posterior_omega(r)
+            unexplained = r - (self.cov_factor @ omega.to(r.dtype).unsqueeze(-1)).squeeze(-1)
+            maha = (unexplained * self._inv_diag_times(unexplained)).sum(-1).double()
+            maha = maha + omega.pow(2).sum(-1)
+            log_det = self._log_det_cov()
+        return (-0.5 * (S * LOG_2PI + log_det + maha)).to(value.dtype)
+
+    def entropy(self) -> torch.Tensor:
+        """H = S/2·(1 + log 2π) + ½ log|Σ| (closed form)."""
+        S = self.event_shape[0]
+        return (0.5 * S * (1 + LOG_2PI) + 0.5 * self._log_det_cov()).to(self.loc.dtype)
+
+    # -- moments and sampling (eq. 4) ------------------------------------------------------
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Per-pixel variance diag(Σ) = Σ_r P_{ir}² + D_i."""
+        return self.cov_factor.pow(2).sum(-1) + self._diag_tensor()
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        """Dense Σ; for tests and tiny images only (S × S memory)."""
+        return self.cov_factor @ self.cov_factor.mT + torch.diag_embed(self._diag_tensor())
+
+    def covariance_row(self, pixel_index: int) -> torch.Tensor:
+        """Cov(y_i, y) for one pixel i, shape (..., S): P P_iᵀ + D_i e_i (Fig. 2 slices)."""
+        S = self.event_shape[0]
+        if not -S <= pixel_index < S:
+            raise ValueError(f"pixel_index {pixel_index} is outside 0..{S - 1}")
+        pixel_index %= S
+        row = (self.cov_factor @ self.cov_factor[..., pixel_index, :].unsqueeze(-1)).squeeze(-1)
+        row = row.clone()
+        row[..., pixel_index] += self._diag_tensor()[..., pixel_index]
+        return row
+
+    def rsample(self, sample_shape: torch.Size = torch.Size(),
+                omega_p: Optional[torch.Tensor] = None,
+                omega_d: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y = μ + P ω_p + √D ω_d (eq. 4), drawing whichever ω is not given.
+
+        omega_p: (*sample_shape, *batch, R); omega_d: (*sample_shape, *batch, S).
+        """
+        shape = self._extended_shape(sample_shape)
+        if omega_p is None:
+            omega_p = torch.randn(shape[:-1] + (self.rank,), dtype=self.loc.dtype,
+                                  device=self.loc.device)
+        if omega_p.shape[-1] != self.rank:
+            raise ValueError(f"omega_p has last dimension {omega_p.shape[-1]}, expected the rank R = {self.rank}")
+        if omega_d is None:
+            omega_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        if omega_d.shape[-1] != self.event_shape[0]:
+            raise ValueError(f"omega_d has last dimension {omega_d.shape[-1]}, expected S = {self.event_shape[0]}")
+        structured = (self.cov_factor @ omega_p.unsqueeze(-1)).squeeze(-1)
+        return self.loc + structured + self._diag_tensor().sqrt() * omega_d
+
+    # -- components (eq. 5) and editing (eqs. 6–7) --------------------------------------
+
+    def principal_components(self):
+        """SVD P = U diag(s) Vᵀ through the R×R Gram matrix PᵀP = V diag(s²) Vᵀ.
+
+        Returns (U (..., S, R), s (..., R), V (..., R, R)), sorted by decreasing s.
+        Columns of U whose singular value is zero are returned as zeros.
+        """
+        P = self.cov_factor
+        evals, V = torch.linalg.eigh((P.mT @ P).double())
+        evals, V = evals.flip(-1), V.flip(-1)  # eigh sorts ascending
+        s = evals.clamp_min(0).sqrt()
+        tol = s[..., :1] * max(P.shape[-2:]) * torch.finfo(P.dtype).eps
+        inv_s = torch.where(s > tol, 1 / s, torch.zeros_like(s))
+        U = P @ (V * inv_s.unsqueeze(-2)).to(P.dtype)
+        return U, s.to(P.dtype), V.to(P.dtype)
+
+    def scale_components(self, scales: torch.Tensor) -> "LowRankNormal":
+        """The distribution with P = U (S·A) Vᵀ (eq. 5), A = diag(scales).
+
+        scales: (R,) or (..., R), in the order of `principal_components` (largest first).
+        Scaling by ones returns the same covariance.
+        """
+        U, s, V = self.principal_components()
+        scales = torch.as_tensor(scales, dtype=s.dtype, device=s.device)
+        if scales.shape[-1] != self.rank:
+            raise ValueError(f"scales has {scales.shape[-1]} entries, expected one per component (R = {self.rank})")
+        P = U @ ((s * scales).unsqueeze(-1) * V.mT)
+        return LowRankNormal(self.loc, P, self.cov_diag, validate_args=False)
+
+    def conditional_mean(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """E[y₁ | y₂ = b] for edited pixels y₂ (eqs. 6–7), returned as a full image.
+
+        μ₁ + Σ₁₂ Σ₂₂⁻¹ (b − μ₂) = μ₁ + P₁ ω*, with ω* = (I + P₂ᵀD₂⁻¹P₂)⁻¹ P₂ᵀ D₂⁻¹ (b − μ₂)
+        the posterior mean of ω_p given the edit (Woodbury on Σ₂₂): O(k·R² + S·R) for k
+        edited values, and no k × k matrix.
+
+        mask: bool (S,) or (C, H, W), shared by the batch; values: (..., k) in the
+        flattened order of the masked pixels. Edited pixels take exactly `values`.
+        """
+        S = self.event_shape[0]
+        mask = _flat_mask(mask, S)
+        k = int(mask.sum())
+        if values.shape[-1] != k:
+            raise ValueError(f"values has {values.shape[-1]} entries but the mask selects k = {k} pixels")
+        if k == 0:
+            return self.loc.clone()
+        idx = mask.nonzero().squeeze(-1)
+        P2 = self.cov_factor.index_select(-2, idx)
+        if self.fixed_diag:
+            inv_d2 = 1.0 / self.cov_diag
+        else:
+            inv_d2 = (1.0 / self.cov_diag.expand(self.loc.shape).index_select(-1, idx)).unsqueeze(-1)
+        d = (values - self.loc.index_select(-1, idx)).unsqueeze(-1)
+        P2s = P2 * inv_d2
+        cap = torch.eye(self.rank, dtype=torch.float64, device=P2.device) + (P2.mT @ P2s).double()
+        omega = torch.cholesky_solve((P2s.mT @ d).double(), _cholesky(cap))
+        out = self.loc + (self.cov_factor @ omega.to(self.loc.dtype)).squeeze(-1)
+        out = out.clone()
+        out[..., idx] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
+        return out
+
+    def __repr__(self) -> str:
+        diag = f"ε={self.cov_diag:g}" if self.fixed_diag else "learned diagonal"
+        return (f"LowRankNormal(batch_shape={tuple(self.batch_shape)}, S={self.event_shape[0]}, "
+                f"R={self.rank}, {diag})")
+
+
+class DiagonalNormal(Distribution):
+    """The β-VAE baseline: pixel-independent N(μ, diag(σ²)).
+
+    Samples are μ plus uncorrelated pixel noise (the paper's point of contrast).
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, variance: torch.Tensor,
+                 validate_args: Optional[bool] = None):
+        if loc.dim() < 1:
+            raise ValueError("loc must have at least one dimension (..., S); flatten the image first")
+        try:
+            batch_shape = torch.broadcast_shapes(loc.shape, variance.shape)
+        except RuntimeError:
+            raise ValueError(f"variance of shape {tuple(variance.shape)} does not broadcast to "
+                             f"loc {tuple(loc.shape)}; pass a (..., S) tensor") from None
+        self.loc = loc.expand(batch_shape)
+        self._variance = variance.expand(batch_shape)
+        super().__init__(batch_shape[:-1], batch_shape[-1:], validate_args=validate_args)
+        if self._validate_args:
+            _check_finite("loc", loc)
+            _check_finite("variance", variance)
+            if not (variance > 0).all():
+                raise ValueError("variance must be strictly positive; parameterise it as exp(·)")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._variance
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        return torch.diag_embed(self._variance)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value.shape[-1] != self.event_shape[0]:
+            raise ValueError(f"value has {value.shape[-1]} pixels, expected S = "
+                             f"{self.event_shape[0]}; flatten images to (..., S)")
+        r = value - self.loc
+        return -0.5 * (LOG_2PI + self._variance.log() + r * r / self._variance).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return 0.5 * (1 + LOG_2PI + self._variance.log()).sum(-1)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size(),
+                omega_d: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y = μ + σ ω_d: uncorrelated pixel noise."""
+        if omega_d is None:
+            omega_d = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype,
+                                  device=self.loc.device)
+        return self.loc + self._variance.sqrt() * omega_d
+
+    def covariance_row(self, pixel_index: int) -> torch.Tensor:
+        """Cov(y_i, y): zero everywhere but at pixel i itself."""
+        S = self.event_shape[0]
+        if not -S <= pixel_index < S:
+            raise ValueError(f"pixel_index {pixel_index} is outside 0..{S - 1}")
+        row = torch.zeros_like(self._variance)
+        row[..., pixel_index % S] = self._variance[..., pixel_index % S]
+        return row
+
+    def conditional_mean(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Independent pixels: an edit changes nothing but the edited pixels."""
+        mask = _flat_mask(mask, self.event_shape[0])
+        k = int(mask.sum())
+        if values.shape[-1] != k:
+            raise ValueError(f"values has {values.shape[-1]} entries but the mask selects k = {k} pixels")
+        out = self.loc.clone()
+        out[..., mask] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
+        return out
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: Union[float, torch.Tensor],
+          eps: float = 1e-6) -> torch.Tensor:
+    """Spherical linear interpolation (eq. 8, Appendix D) along the last dimension.
+
+        slerp(a, b; t) = sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b,  cos θ = âᵀb̂.
+
+    Degenerate cases: a ≈ b (θ → 0) reduces to linear interpolation, the limit of
+    the formula; a ≈ −b has no unique great circle, so we pass through a fixed
+    direction m orthogonal to a (norm half-way between |a| and |b|), i.e. two
+    quarter-turn slerps a → m → b.  t may be a float or a tensor of shape (..., 1)
+    or (...) broadcasting against the leading dimensions of a and b.
+    """
+    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
+    if t.dim() > 0:
+        t = t.unsqueeze(-1)
+    a, b = torch.broadcast_tensors(a, b)
+    out, antipodal = _slerp_formula(a, b, t, eps)
+    if antipodal.any():
+        na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+        # Gram–Schmidt on the axis least aligned with a gives a deterministic orthogonal m
+        axis = torch.zeros_like(a).scatter_(-1, a.abs().argmin(-1, keepdim=True), 1.0)
+        ortho = axis - (axis * a).sum(-1, keepdim=True) * a / (na * na).clamp_min(1e-30)
+        mid = ortho / ortho.norm(dim=-1, keepdim=True) * (na + nb) / 2
+        first, _ = _slerp_formula(a, mid, 2 * t, eps)
+        second, _ = _slerp_formula(mid, b, 2 * t - 1, eps)
+        out = torch.where(antipodal, torch.where(t < 0.5, first, second), out)
+    return out
+
+
+def _slerp_formula(a, b, t, eps):
+    """Eq. 8 with the θ → 0 limit; also says where a ≈ −b (left to the caller)."""
+    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    cos = ((a * b).sum(-1, keepdim=True) / (na * nb).clamp_min(1e-30)).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    degenerate = sin <= eps
+    safe_sin = torch.where(degenerate, torch.ones_like(sin), sin)
+    out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / safe_sin
+    out = torch.where(degenerate & (cos > 0), (1 - t) * a + t * b, out)
+    return out, degenerate & (cos <= 0)
