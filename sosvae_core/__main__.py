@@ -1,0 +1,113 @@
+"""Command line: `python -m sosvae_core train|fid ...` (also `sosvae`, and under torchrun)."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _parse_overrides(pairs):
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set takes key=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    import torch.distributed as dist
+
+    from .configs import Config, get_config
+    from .train import Trainer, run_name, runs_root
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
+        import torch
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.json").exists():
+                raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); "
+                                        f"pass the folder that `train` printed")
+            cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+        else:
+            if not args.config:
+                raise ValueError("give --config NAME (celeba, celeba64_gray, brain, lfw) or --resume RUN")
+            cfg = get_config(args.config, args.profile, args.model, **_parse_overrides(args.set))
+            run_dir = Path(args.run_dir) if args.run_dir else runs_root(args.runs_dir) / run_name(cfg)
+        if not distributed or dist.get_rank() == 0:
+            print(f"run folder: {run_dir}", flush=True)
+        trainer = Trainer(cfg, run_dir, data_root=args.data_root, device=args.device,
+                          progress=not args.no_progress)
+        trainer.fit(max_steps=args.max_steps)
+        if trainer.is_main:
+            state = "stopped at" if args.max_steps and trainer.epoch < cfg.epochs else "finished:"
+            print(f"{state} epoch {trainer.epoch}, step {trainer.step}, "
+                  f"{trainer.wall_time:.1f} s of training", flush=True)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+def cmd_fid(args) -> int:
+    from .fid import fid_cli
+    return fid_cli(args)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sosvae_core", description="SOS-VAE reference implementation")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a model")
+    t.add_argument("--config", help="experiment: celeba, celeba64_gray, brain or lfw (bundled)")
+    t.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    t.add_argument("--model", default="sos", choices=["sos", "beta", "dorta", "distribution", "sos_learned_diag"])
+    t.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    t.add_argument("--runs-dir", help="parent of run folders (default: $SOSVAE_RUNS_DIR or ./runs)")
+    t.add_argument("--run-dir", help="exact run folder (default: derived from the config)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--max-steps", type=int, help="stop (checkpointed) after this many steps in all")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. epochs=3 lr=2e-4")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("fid", help="FID of a trained run's means or samples")
+    f.add_argument("--run", required=True, help="run folder")
+    f.add_argument("--n", type=int, default=None, help="number of generated images (default: the config's fid_n)")
+    f.add_argument("--what", default="samples", choices=["means", "samples"])
+    f.add_argument("--data-root", help="dataset folder for the reference statistics")
+    f.add_argument("--weights", help="Inception weights file (default: $SOSVAE_FID_WEIGHTS, then the search order)")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--batch-size", type=int, default=100)
+    f.add_argument("--cache-dir", help="folder for cached reference statistics")
+    f.set_defaults(func=cmd_fid)
+
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume RUN", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

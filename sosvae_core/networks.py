@@ -1,0 +1,258 @@
+"""Encoder, decoder and observation heads (paper Section 4.1).
+
+A ResNet encoder and decoder for any C×H×W, following the paper's code: stride-2
+3×3 convolutions halve each side with ceiling (218×178 → 109×89 → 55×45 → 28×23),
+and the decoder undoes exactly that with transposed convolutions whose output
+padding restores odd or even sides. No padding, cropping or interpolation.
+
+The decoders differ only in the observation head:
+  - `LowRankHead`   μ and P (cov_factor) with D = εI (SOS-VAE), or a learned D;
+  - `DiagonalHead`  μ and a per-pixel variance (β-VAE);
+  - `SparsePrecisionHead`  μ and the sparse Cholesky factor of the precision
+    (Dorta et al. 2018), in `sosvae_core.dorta`.
+Heads start with weights of std 1e-5, the mean at 0.5 and P at 0, as the
+paper's code does, so that training starts from a flat grey image with
+covariance ≈ εI.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal
+
+from .likelihood import DiagonalNormal, LowRankNormal
+
+HEAD_INIT_STD = 1e-5
+MIN_VARIANCE = 1e-5
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":  # batch-independent: exact DDP equivalence on CPU
+        return nn.GroupNorm(min(32, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm '{kind}'; use 'batch', 'group' or 'none'")
+
+
+def halve(size: int) -> int:
+    """Side length after a 3×3, stride-2, padding-1 convolution."""
+    return (size + 1) // 2
+
+
+class ResidualBlock(nn.Module):
+    """conv3×3(stride) → norm → ReLU → conv3×3 → norm, plus a 1×1 shortcut when shapes change."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, norm: str = "batch",
+                 transpose: bool = False, output_padding: int = 0):
+        super().__init__()
+        if transpose:  # upsampling ×2 to an exact side via output_padding
+            first = nn.ConvTranspose2d(c_in, c_out, 3, stride, 1, output_padding=output_padding)
+            skip = nn.ConvTranspose2d(c_in, c_out, 1, stride, output_padding=output_padding)
+        else:
+            first = nn.Conv2d(c_in, c_out, 3, stride, 1)
+            skip = nn.Conv2d(c_in, c_out, 1, stride)
+        self.body = nn.Sequential(first, norm_layer(norm, c_out), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c_out, c_out, 3, 1, 1), norm_layer(norm, c_out))
+        self.skip = skip if (c_in != c_out or stride != 1) else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.skip(x))
+
+
+def bottleneck_size(hw: Tuple[int, int], levels: int) -> Tuple[int, int]:
+    h, w = hw
+    for _ in range(levels - 1):
+        h, w = halve(h), halve(w)
+    return h, w
+
+
+class Encoder(nn.Module):
+    """x → q(z|x) = N(m, diag(v)), v = softplus(·) + 1e-5 (the paper's code)."""
+
+    def __init__(self, image_shape: Sequence[int], latent_dim: int = 128,
+                 channels: Sequence[int] = (64, 128, 256, 512), blocks: int = 2, norm: str = "batch"):
+        super().__init__()
+        c = image_shape[0]
+        layers = [nn.Conv2d(c, channels[0], 3, 1, 1), norm_layer(norm, channels[0]), nn.ReLU(inplace=True)]
+        layers += [ResidualBlock(channels[0], channels[0], norm=norm) for _ in range(blocks)]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers.append(ResidualBlock(c_in, c_out, stride=2, norm=norm))
+            layers += [ResidualBlock(c_out, c_out, norm=norm) for _ in range(blocks - 1)]
+        layers += [nn.Conv2d(channels[-1], channels[-1], 1), norm_layer(norm, channels[-1]),
+                   nn.ReLU(inplace=True), nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.loc = nn.Linear(channels[-1], latent_dim)
+        self.var = nn.Linear(channels[-1], latent_dim)
+
+    def forward(self, x: torch.Tensor) -> Normal:
+        h = self.body(x)
+        # no argument validation: a NaN must reach the trainer's detector, which names the step
+        return Normal(self.loc(h), (F.softplus(self.var(h)) + MIN_VARIANCE).sqrt(), validate_args=False)
+
+
+class DecoderBody(nn.Module):
+    """z → features (channels[0], H, W) at the image's exact resolution."""
+
+    def __init__(self, image_shape: Sequence[int], latent_dim: int = 128,
+                 channels: Sequence[int] = (64, 128, 256, 512), blocks: int = 2, norm: str = "batch"):
+        super().__init__()
+        _, H, W = image_shape
+        sides = [(H, W)]
+        for _ in range(len(channels) - 1):
+            sides.append((halve(sides[-1][0]), halve(sides[-1][1])))
+        h0, w0 = sides[-1]
+        # a transposed conv whose kernel is the whole bottleneck: a dense map z → F×h×w
+        layers = [nn.ConvTranspose2d(latent_dim, latent_dim, (h0, w0)),
+                  nn.Conv2d(latent_dim, channels[-1], 1), norm_layer(norm, channels[-1]),
+                  nn.ReLU(inplace=True), ResidualBlock(channels[-1], channels[-1], norm=norm)]
+        for level in range(len(channels) - 1, 0, -1):
+            th, tw = sides[level - 1]
+            out_pad = (1 - th % 2, 1 - tw % 2)  # 2·ceil(t/2) − 1 + p = t
+            layers.append(ResidualBlock(channels[level], channels[level - 1], stride=2, norm=norm,
+                                        transpose=True, output_padding=out_pad))
+            layers += [ResidualBlock(channels[level - 1], channels[level - 1], norm=norm)
+                       for _ in range(blocks - 1)]
+        layers += [ResidualBlock(channels[0], channels[0], norm=norm),
+                   nn.Conv2d(channels[0], channels[0], 1), norm_layer(norm, channels[0]), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.latent_dim = latent_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z[:, :, None, None])
+
+
+def _tiny_conv(c_in: int, c_out: int, bias: float) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 1)
+    nn.init.normal_(conv.weight, 0.0, HEAD_INIT_STD)
+    nn.init.constant_(conv.bias, bias)
+    return conv
+
+
+def inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class LowRankHead(nn.Module):
+    """Features → N(μ, PPᵀ + D): D = εI (paper) or a learned softplus(·) + ε."""
+
+    variance_prefixes = ("factor", "diag")
+
+    def __init__(self, c_in: int, image_channels: int, rank: int = 25, eps: float = 1e-5,
+                 learn_diag: bool = False):
+        super().__init__()
+        self.rank, self.eps, self.c = rank, eps, image_channels
+        self.mean = _tiny_conv(c_in, image_channels, 0.5)
+        self.factor = _tiny_conv(c_in, rank * image_channels, 0.0)
+        self.diag = _tiny_conv(c_in, image_channels, inverse_softplus(eps)) if learn_diag else None
+
+    def forward(self, h: torch.Tensor, validate: bool = False) -> LowRankNormal:
+        B = h.shape[0]
+        loc = self.mean(h).flatten(1)
+        # rank-major channels: component r is channels r·C … r·C + C − 1; flatten C, H, W
+        P = self.factor(h).reshape(B, self.rank, -1).transpose(1, 2)
+        diag = self.eps if self.diag is None else F.softplus(self.diag(h)).flatten(1) + self.eps
+        return LowRankNormal(loc, P, diag, validate_args=validate)
+
+
+class DiagonalHead(nn.Module):
+    """Features → N(μ, diag(softplus(·) + ε)): the β-VAE's pixel-independent likelihood."""
+
+    variance_prefixes = ("var",)
+
+    def __init__(self, c_in: int, image_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.mean = _tiny_conv(c_in, image_channels, 0.5)
+        self.var = _tiny_conv(c_in, image_channels, inverse_softplus(eps))
+
+    def forward(self, h: torch.Tensor, validate: bool = False) -> DiagonalNormal:
+        return DiagonalNormal(self.mean(h).flatten(1), F.softplus(self.var(h)).flatten(1) + self.eps,
+                              validate_args=validate)
+
+
+def make_head(kind: str, c_in: int, image_shape: Sequence[int], rank: int, eps: float,
+              stencil: int = 3) -> nn.Module:
+    if kind == "sos":
+        return LowRankHead(c_in, image_shape[0], rank, eps)
+    if kind == "sos_learned_diag":  # the unstabilised ablation of Appendix A
+        return LowRankHead(c_in, image_shape[0], rank, eps, learn_diag=True)
+    if kind == "beta":
+        return DiagonalHead(c_in, image_shape[0], eps)
+    if kind == "dorta":
+        from .dorta import SparsePrecisionHead
+        return SparsePrecisionHead(c_in, image_shape, stencil=stencil, eps=eps)
+    raise ValueError(f"unknown observation model '{kind}'; use sos, sos_learned_diag, beta or dorta")
+
+
+class VAE(nn.Module):
+    """The VAE of the paper; `kind` picks the observation model, all else is shared."""
+
+    def __init__(self, image_shape: Sequence[int], kind: str = "sos", latent_dim: int = 128,
+                 rank: int = 25, eps: float = 1e-5, channels: Sequence[int] = (64, 128, 256, 512),
+                 blocks: int = 2, norm: str = "batch", stencil: int = 3):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.kind, self.latent_dim, self.rank = kind, latent_dim, rank
+        self.encoder = Encoder(image_shape, latent_dim, channels, blocks, norm)
+        self.decoder = DecoderBody(image_shape, latent_dim, channels, blocks, norm)
+        self.head = make_head(kind, channels[0], image_shape, rank, eps, stencil)
+
+    def encode(self, x: torch.Tensor) -> Normal:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor, validate: bool = False):
+        """z (B, latent) → the observation distribution over flattened images (B, S)."""
+        h = self.decoder(z)
+        with torch.autocast(h.device.type, enabled=False):  # the likelihood stays float32
+            return self.head(h.float(), validate=validate)
+
+    def forward(self, x: torch.Tensor):
+        q = self.encode(x)
+        return q, self.decode(q.rsample())
+
+    def variance_parameters(self):
+        """Parameters frozen during mean-only pre-training (everything but the mean)."""
+        return [p for n, p in self.head.named_parameters()
+                if n.split(".")[0] in self.head.variance_prefixes]
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None):
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
+        return self.decode(z)
+
+
+class DistributionOnly(nn.Module):
+    """Section 4.5: a single N(μ, PPᵀ + εI) over images, no network and no latent."""
+
+    def __init__(self, image_shape: Sequence[int], rank: int = 25, eps: float = 1e-5,
+                 init_std: float = 1e-3, seed: int = 0):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.kind, self.rank, self.eps, self.latent_dim = "distribution", rank, eps, 0
+        S = math.prod(image_shape)
+        g = torch.Generator().manual_seed(seed)
+        self.loc = nn.Parameter(torch.full((S,), 0.5))
+        # a small random P breaks the symmetry between components (P = 0 is a saddle)
+        self.cov_factor = nn.Parameter(init_std * torch.randn(S, rank, generator=g))
+
+    def distribution(self, batch: int = 1) -> LowRankNormal:
+        S = self.loc.shape[0]
+        return LowRankNormal(self.loc.expand(batch, S), self.cov_factor.expand(batch, S, self.rank),
+                             self.eps, validate_args=False)
+
+    def decode(self, z: torch.Tensor, validate: bool = False) -> LowRankNormal:
+        return self.distribution(z.shape[0])
+
+    def variance_parameters(self):
+        return [self.cov_factor]
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> LowRankNormal:
+        return self.distribution(n)

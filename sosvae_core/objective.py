@@ -1,0 +1,84 @@
+"""The constrained ELBO of SOS-VAE (paper Section 3.3, eq. 3).
+
+Training minimises the reconstruction NLL subject to two upper bounds per image,
+
+    KL(q(z|x) ‖ p(z)) ≤ ξ_KL      and      H[p(x|z)] ≤ ξ_H,
+
+with the modified differential method of multipliers (Platt & Barr 1988): each
+constraint g ≤ ξ adds λ·(g − ξ) + (c/2)·(g − ξ)² to the loss, the network descends
+the gradient, and the multiplier λ *ascends* it, λ ← max(0, λ + η_λ·(g − ξ)).
+The damping c makes the constrained optimum an attractor rather than a saddle.
+
+Like the paper's code, NLL, KL and entropy are summed over the batch and the
+targets are per image times the batch size; the damping (10) and the multiplier
+step (SGD, lr 1) act on those batch sums. Logged values are per image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+
+@dataclass
+class ConstraintConfig:
+    target_kl: Optional[float] = 45.0  # ξ_KL, nats per image; None: no KL constraint (β = 1)
+    target_entropy: Optional[float] = None  # ξ_H, nats per image; None: no entropy constraint
+    damping: float = 10.0
+    multiplier_lr: float = 1.0
+    # The paper's code damps always, which also pulls a satisfied g up towards ξ (the
+    # bound then acts like an equality). One-sided damping only pushes g down.
+    one_sided_damping: bool = False
+
+
+class Multipliers(nn.Module):
+    """The Lagrange multipliers λ_KL and λ_H, kept ≥ 0, updated by gradient ascent."""
+
+    def __init__(self):
+        super().__init__()
+        self.kl = nn.Parameter(torch.zeros(()))
+        self.entropy = nn.Parameter(torch.zeros(()))
+
+    @torch.no_grad()
+    def ascend(self, violations: Dict[str, torch.Tensor], lr: float) -> None:
+        """λ ← max(0, λ + lr·(g − ξ)) for each active constraint (batch sums)."""
+        for name, v in violations.items():
+            lam = getattr(self, name)
+            lam.add_(lr * v.detach().to(lam.dtype)).clamp_(min=0.0)
+
+
+def standard_normal_kl(q: Normal) -> torch.Tensor:
+    """KL(q(z|x) ‖ N(0, I)) per image, closed form."""
+    prior = Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale), validate_args=False)
+    return kl_divergence(q, prior).sum(-1)
+
+
+def lagrangian(nll: torch.Tensor, kl: Optional[torch.Tensor], entropy: torch.Tensor,
+               multipliers: Multipliers, cfg: ConstraintConfig,
+               reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    """Loss to minimise, and the constraint violations (g − ξ) as batch sums.
+
+    nll, kl, entropy: per-image values, shape (B,); kl is None without a latent.
+    reduce: under data parallelism, sums a detached tensor over all processes, so that
+    the damping coefficient and the multiplier step use the global batch's violation.
+    """
+    B = nll.shape[0]
+    loss = nll.sum()
+    violations = {}
+    if kl is not None and cfg.target_kl is None:
+        loss = loss + kl.sum()  # the plain ELBO
+    terms = {"kl": (kl, cfg.target_kl), "entropy": (entropy, cfg.target_entropy)}
+    for name, (g, target) in terms.items():
+        if g is None or target is None:
+            continue
+        local = g.sum() - target * B
+        violations[name] = reduce(local.detach()) if reduce else local.detach()
+        lam = getattr(multipliers, name)
+        # λ·(g − ξ) + (c/2)(g − ξ)², written as (λ + c·sg(g − ξ))·(g − ξ) like the paper's
+        # code: its gradient in the network is (λ + c(g − ξ))∇g, the MDMM update
+        damped = violations[name].clamp(min=0) if cfg.one_sided_damping else violations[name]
+        loss = loss + (lam.detach() + cfg.damping * damped) * local
+    return loss, violations

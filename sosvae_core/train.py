@@ -1,0 +1,441 @@
+"""Training: one `Trainer` for every model, with exact resume (paper Section 3.3).
+
+A run lives in one folder:
+    config.json           the Config, as trained
+    checkpoint.pt         the latest state, written atomically (temp file + rename)
+    metrics_steps.csv     every step: NLL, KL, entropy, both multipliers, mean variance, grad norm
+    metrics_epochs.csv    every epoch: the same averaged, plus validation NLL and KL
+    done.json             written last: the run finished, with its wall time
+
+Resuming restores model, optimiser, multipliers, epoch/step, every RNG and the data
+order (the epoch's permutation is re-derived from the seed, the consumed batches
+are skipped), so an interrupted CPU run ends with the same weights as one that
+was never interrupted.
+
+Distributed: under `torchrun`, ranks share the data with a DistributedSampler,
+rank 0 writes checkpoints and logs, and the constraint violations are all-reduced
+so that the multipliers stay identical on every rank and the gradient equals that
+of one process with the same global batch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from .configs import Config
+from .likelihood import CapacitanceError
+from .networks import VAE, DistributionOnly
+from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
+
+VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the variance became NaN/Inf or exploded; the message names the step."""
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu, unless a device is named."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(cfg: Config, image_shape) -> torch.nn.Module:
+    if cfg.model == "distribution":
+        return DistributionOnly(image_shape, cfg.rank, cfg.eps, seed=cfg.seed)
+    return VAE(image_shape, cfg.model, cfg.latent_dim, cfg.rank, cfg.eps, cfg.channels,
+               cfg.blocks, cfg.norm, cfg.stencil)
+
+
+def _rng_state(flip_gen: torch.Generator) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(), "flip": flip_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, flip_gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    flip_gen.set_state(state["flip"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def mean_variance(obs) -> float:
+    """Average per-pixel variance, where it is cheap (the Dorta model's is not)."""
+    try:
+        with torch.no_grad():
+            return float(obs.variance.mean())
+    except NotImplementedError:
+        return float("nan")
+
+
+class ObjectiveTerms(torch.nn.Module):
+    """x → (NLL, KL, entropy) per image, and the observation model.
+
+    A module of its own so that DistributedDataParallel sees tensor outputs. The
+    networks may run under bf16 autocast; the likelihood always runs in float32.
+    """
+
+    def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False):
+        super().__init__()
+        self.model, self.kind, self.amp = model, kind, amp
+
+    def forward(self, x: torch.Tensor):
+        if self.kind == "distribution":
+            obs, kl = self.model.distribution(x.shape[0]), None
+        else:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                q, obs = self.model(x)
+            kl = standard_normal_kl(q).float()
+        return -obs.log_prob(x.flatten(1).float()), kl, obs.entropy(), obs
+
+
+class Trainer:
+    """Trains one model of a Config on its dataset; `fit()` runs or resumes it."""
+
+    def __init__(self, cfg: Config, run_dir, datasets: Optional[Dict] = None,
+                 data_root=None, device: str = "auto", progress: bool = True,
+                 cache_dir=None, tensorboard: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.device = select_device(device)
+        if datasets is None:
+            from .data import load_splits
+            datasets = load_splits(cfg.dataset, data_root=data_root, n_images=cfg.n_images,
+                                   seed=cfg.split_seed, image_size=cfg.image_size, cache_dir=cache_dir)
+        self.train_set, self.val_set = datasets["train"], datasets.get("val")
+        self.image_shape = tuple(self.train_set.images.shape[1:])
+        self.flip = bool(getattr(self.train_set, "flip", False))
+
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, self.image_shape).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.multipliers = Multipliers().to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(self.image_shape),
+                                            cfg.damping, cfg.multiplier_lr, cfg.one_sided_damping)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.epoch = self.step = self.step_in_epoch = 0
+        self.wall_time = 0.0
+        self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp)
+        if self.distributed:
+            if cfg.model == "distribution":
+                raise ValueError("the distribution-only model has no network to parallelise; "
+                                 "train it in one process")
+            # frozen variance heads during mean-only pre-training are 'unused' parameters
+            self.objective_terms = torch.nn.parallel.DistributedDataParallel(
+                self.objective_terms, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.pretrain_epochs > 0)
+        self.forward = torch.compile(self.objective_terms) if cfg.compile else self.objective_terms
+        self._tb = None
+        if tensorboard and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "multipliers": self.multipliers.state_dict(), "epoch": self.epoch,
+                "step": self.step, "step_in_epoch": self.step_in_epoch,
+                "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen),
+                "image_shape": list(self.image_shape),
+                "config": json.loads(self.cfg.to_json())}
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            atomic_save(self.state_dict(), self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except Exception as err:
+            raise RuntimeError(f"checkpoint {self.checkpoint_path} is unreadable ({err}); "
+                               f"delete it to start the run again") from None
+        saved = Config.from_dict(state["config"])
+        if saved != self.cfg:
+            raise ValueError(f"the run folder {self.run_dir} holds a different config; "
+                             f"use another run folder or resume with the saved config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.multipliers.load_state_dict(state["multipliers"])
+        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.wall_time = state["wall_time"]
+        _set_rng_state(state["rng"], self.flip_gen)
+        # drop log rows written after this checkpoint by the interrupted process
+        self._truncate_log("steps", lambda r: int(r["step"]) <= self.step)
+        self._truncate_log("epochs", lambda r: int(r["epoch"]) < self.epoch)
+        return True
+
+    def _truncate_log(self, kind: str, keep) -> None:
+        path = self.run_dir / f"metrics_{kind}.csv"
+        if not self.is_main or not path.exists():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, [r for r in reader if keep(r)]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    # -- one step --------------------------------------------------------------------
+
+    def _batch(self, idx: torch.Tensor, flip: bool) -> torch.Tensor:
+        x = self.train_set.images[idx]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if flip:  # random horizontal flip, from the trainer's own generator (exact resume)
+            mask = torch.rand(len(idx), generator=self.flip_gen) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def terms(self, x: torch.Tensor, module=None):
+        """Per-image NLL, KL (None without a latent) and entropy, and the observation model."""
+        return (module or self.forward)(x)
+
+    def train_step(self, idx: torch.Tensor, pretrain: bool) -> dict:
+        self.model.train()
+        x = self._batch(idx, self.flip)
+        try:
+            nll, kl, entropy, obs = self.terms(x)
+        except CapacitanceError as err:  # NaN/huge P reaches the Cholesky before the loss
+            raise TrainingDiverged(f"the covariance broke down at step {self.step} (epoch {self.epoch}): "
+                                   f"{err}") from None
+        loss, violations = lagrangian(nll, kl, entropy, self.multipliers, self.constraints,
+                                      reduce=self._all_reduce if self.distributed else None)
+        if self.distributed:  # DDP averages gradients; undo it so they are the global sum's
+            loss = loss * self.world
+        self._check_finite(loss, obs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(f"gradient norm is {float(grad_norm)} at step {self.step} "
+                                   f"(epoch {self.epoch}); lower the learning rate")
+        self.optimizer.step()
+        self.multipliers.ascend(violations, self.constraints.multiplier_lr)
+        B = x.shape[0]
+        loss, nll, entropy = loss.detach(), nll.detach(), entropy.detach()
+        kl = kl.detach() if kl is not None else None
+        return {"loss": float(loss) / (B * self.world), "nll": float(nll.mean()),
+                "kl": float(kl.mean()) if kl is not None else float("nan"),
+                "entropy": float(entropy.mean()), "lambda_kl": self.multipliers.kl.item(),
+                "lambda_entropy": self.multipliers.entropy.item(),
+                "mean_variance": mean_variance(obs), "grad_norm": float(grad_norm),
+                "pretrain": int(pretrain)}
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t
+
+    def _check_finite(self, loss: torch.Tensor, obs) -> None:
+        where = f"at step {self.step} (epoch {self.epoch})"
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {float(loss)} {where}; the last good state is in "
+                                   f"{self.checkpoint_path}; lower the learning rate or check the data")
+        var = mean_variance(obs)  # NaN where it is not cheap to compute (Dorta)
+        if not math.isnan(var) and not var <= VARIANCE_LIMIT:
+            raise TrainingDiverged(f"mean variance exploded to {var:.3g} {where}; "
+                                   f"use the fixed diagonal and the entropy constraint (Appendix A)")
+
+    @torch.no_grad()
+    def evaluate(self, dataset, max_images: int = 2000) -> dict:
+        """Validation NLL and KL per image (no updates; one posterior sample per image)."""
+        if dataset is None or len(dataset.images) == 0:
+            return {}
+        self.model.eval()
+        nll_sum = kl_sum = 0.0
+        n = min(len(dataset.images), max_images)
+        for start in range(0, n, self.cfg.batch_size):
+            x = dataset.images[start:start + self.cfg.batch_size]
+            x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(self.device)
+            nll, kl, _, _ = self.terms(x, self.plain_terms)
+            nll_sum += float(nll.sum())
+            kl_sum += float(kl.sum()) if kl is not None else float("nan")
+        return {"val_nll": nll_sum / n, "val_kl": kl_sum / n}
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def fit(self, max_steps: Optional[int] = None, resume: bool = True) -> torch.nn.Module:
+        """Train to `cfg.epochs` (or stop after `max_steps` total steps, checkpointed)."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(self.cfg.to_json())
+        if resume:
+            self.load_checkpoint()
+        sampler = DistributedSampler(range(len(self.train_set.images)), num_replicas=self.world,
+                                     rank=self.rank, shuffle=True, seed=self.cfg.seed, drop_last=True)
+        per_rank = self.cfg.batch_size // self.world
+        if per_rank * self.world != self.cfg.batch_size:
+            raise ValueError(f"batch_size {self.cfg.batch_size} does not split over {self.world} "
+                             f"processes; use a multiple of the process count")
+        steps_per_epoch = len(sampler) // per_rank
+        if steps_per_epoch == 0:
+            raise ValueError(f"the training split has {len(self.train_set.images)} images, fewer "
+                             f"than one batch of {self.cfg.batch_size}; lower batch_size")
+        while self.epoch < self.cfg.epochs:
+            sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(sampler))
+            pretrain = self.epoch < self.cfg.pretrain_epochs
+            for p in self.model.variance_parameters():  # mean-only pre-training (Section 3.3)
+                p.requires_grad_(not pretrain)
+            bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, disable=not (self.progress and self.is_main),
+                       desc=f"{self.cfg.model} epoch {self.epoch + 1}/{self.cfg.epochs}"
+                            + (" (mean only)" if pretrain else ""), leave=False)
+            rows = []
+            while self.step_in_epoch < steps_per_epoch:
+                if max_steps is not None and self.step >= max_steps:
+                    bar.close()
+                    self.save_checkpoint()
+                    return self.model
+                t0 = time.perf_counter()
+                idx = order[self.step_in_epoch * per_rank:(self.step_in_epoch + 1) * per_rank]
+                row = self.train_step(idx, pretrain)
+                self.step += 1
+                self.step_in_epoch += 1
+                self.wall_time += time.perf_counter() - t0
+                row.update(step=self.step, epoch=self.epoch, wall_time=round(self.wall_time, 3))
+                rows.append(row)
+                self._log("steps", row)
+                bar.set_postfix(nll=f"{row['nll']:.4g}", kl=f"{row['kl']:.3g}", H=f"{row['entropy']:.4g}")
+                bar.update()
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            bar.close()
+            summary = self._epoch_average(rows)
+            summary.update(epoch=self.epoch, step=self.step, wall_time=round(self.wall_time, 3))
+            summary.update(self.evaluate(self.val_set) if self.is_main else {})
+            self._log("epochs", summary)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.save_checkpoint()
+        if self.is_main:
+            done = {"epochs": self.epoch, "steps": self.step, "wall_time_s": round(self.wall_time, 2),
+                    "device": str(self.device), "world_size": self.world}
+            tmp = self.run_dir / ".done.json.tmp"
+            tmp.write_text(json.dumps(done, indent=2))
+            os.replace(tmp, self.run_dir / "done.json")
+        if self._tb:
+            self._tb.flush()
+        return self.model
+
+    def _epoch_average(self, rows) -> dict:
+        """Means over the epoch's steps, read back from the log when the epoch was resumed."""
+        path = self.run_dir / "metrics_steps.csv"
+        if self.is_main and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) == self.epoch]
+        keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "wall_time")]
+        return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
+
+    def _log(self, kind: str, row: dict) -> None:
+        if not self.is_main:
+            return
+        path = self.run_dir / f"metrics_{kind}.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self._tb:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, row["step"])
+
+
+# -- train once, then load ------------------------------------------------------------------
+
+def runs_root(runs_dir=None) -> Path:
+    """Where runs live: the argument, else $SOSVAE_RUNS_DIR, else ./runs."""
+    return Path(runs_dir or os.environ.get("SOSVAE_RUNS_DIR", "runs"))
+
+
+def run_name(cfg: Config) -> str:
+    """A readable, config-unique folder name: experiment-profile-model-<hash>."""
+    import hashlib
+    digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
+    return f"{cfg.experiment}-{cfg.profile}-{cfg.model}-{digest}"
+
+
+def load_run(run_dir, device: str = "auto") -> torch.nn.Module:
+    """The trained model of a finished (or checkpointed) run folder, in eval mode."""
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint in {run_dir}; train it first "
+                                f"(python -m sosvae_core train ...)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = Config.from_dict(state["config"])
+    image_shape = tuple(state["image_shape"])
+    model = build_model(cfg, image_shape)
+    model.load_state_dict(state["model"])
+    model.config = cfg
+    return model.to(select_device(device)).eval()
+
+
+def get_or_train(cfg: Config, runs_dir=None, data_root=None, device: str = "auto",
+                 progress: bool = True, datasets: Optional[Dict] = None, cache_dir=None) -> torch.nn.Module:
+    """Train `cfg` once (resuming an interrupted run), then load it from its run folder."""
+    run_dir = runs_root(runs_dir) / run_name(cfg)
+    if not (run_dir / "done.json").exists():
+        Trainer(cfg, run_dir, datasets=datasets, data_root=data_root, device=device,
+                progress=progress, cache_dir=cache_dir).fit()
+    model = load_run(run_dir, device)
+    model.run_dir = run_dir
+    return model
