@@ -194,6 +194,11 @@ class LowRankNormal(Distribution):
         """True for the paper's D = ε·I, where the capacitance is I + PᵀP/ε."""
         return isinstance(self.cov_diag, float)
 
+    @property
+    def diagonal(self) -> torch.Tensor:
+        """D as a (..., S) tensor, whether fixed (ε) or learned."""
+        return self._diag_tensor()
+
     def _diag_tensor(self) -> torch.Tensor:
         if self.fixed_diag:
             return self.loc.new_full(self.loc.shape, self.cov_diag)

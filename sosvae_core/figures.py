@@ -1,0 +1,400 @@
+"""The paper's figures as functions: compute arrays, then draw them (Sections 4.2–4.5).
+
+Each `*_panel` function returns plain tensors (so tests can check the math) and
+each `plot_*` function draws them with matplotlib. The notebooks only call these.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .likelihood import LowRankNormal, slerp
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+def as_images(flat: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
+    """(B, S) → (B, C, H, W)."""
+    return flat.reshape(flat.shape[0], *image_shape)
+
+
+def centre_pixel(image_shape: Sequence[int]) -> int:
+    """Flat index of the central pixel, channel 0, as the paper's code uses."""
+    _, H, W = image_shape
+    return (H // 2) * W + W // 2
+
+
+def spatial_coherence(residuals: torch.Tensor) -> float:
+    """Mean correlation of horizontally and vertically neighbouring residual pixels.
+
+    residuals: (B, C, H, W), e.g. sample − mean. Independent pixel noise gives ≈ 0;
+    spatially structured noise (the paper's claim 1) gives clearly positive values.
+    Pearson correlation over all neighbour pairs of an image, averaged over images.
+    """
+    r = residuals.double()
+    r = r - r.mean(dim=(1, 2, 3), keepdim=True)
+    pairs = [(r[..., :, :-1], r[..., :, 1:]), (r[..., :-1, :], r[..., 1:, :])]
+    corrs = []
+    for a, b in pairs:
+        num = (a * b).sum(dim=(1, 2, 3))
+        den = (a.pow(2).sum(dim=(1, 2, 3)) * b.pow(2).sum(dim=(1, 2, 3))).sqrt().clamp_min(1e-30)
+        corrs.append(num / den)
+    return float(torch.stack(corrs).mean())
+
+
+def save_json(obj: dict, path) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
+def record(output_dir, **metrics) -> dict:
+    """Merge key numbers into `<output_dir>/metrics.json` (read by the notebook tests)."""
+    path = Path(output_dir) / "metrics.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(metrics)
+    save_json(data, path)
+    return data
+
+
+def prior_z(model, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, model.latent_dim, generator=g)
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+# -- Figs. 1–2: mean, sample, residual, variance, covariance to the centre -----------------
+
+@torch.no_grad()
+def observation_panel(model, z: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Rows of Figs. 1–2 for latent codes z: each (B, C, H, W) on the CPU.
+
+    mean, sample, sample − mean, per-pixel variance, and the covariance of every
+    pixel with the central pixel (channel 0), split into positive and negative parts
+    with the central entry itself zeroed so it does not dominate (as the paper's code).
+    """
+    shape = model.image_shape
+    obs = model.decode(z.to(_device(model)))
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(obs, LowRankNormal):
+        omega_p = torch.randn(z.shape[0], obs.rank, generator=g).to(obs.loc.device)
+        omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc.device)
+        sample = obs.rsample(omega_p=omega_p, omega_d=omega_d)
+    else:
+        sample = obs.rsample(omega_d=torch.randn(obs.loc.shape, generator=g).to(obs.loc.device))
+    centre = centre_pixel(shape)
+    cov = obs.covariance_row(centre).clone()
+    cov[:, centre] = 0
+    out = {"mean": obs.mean, "sample": sample, "difference": sample - obs.mean,
+           "variance": obs.variance, "cov_positive": cov.clamp(min=0), "cov_negative": (-cov).clamp(min=0)}
+    return {k: as_images(v.float().cpu(), shape) for k, v in out.items()}
+
+
+ROW_TITLES = {"mean": "mean", "sample": "sample", "difference": "sample − mean",
+              "variance": "variance", "cov_positive": "+cov. to centre", "cov_negative": "−cov. to centre"}
+
+
+def _show(ax, img: torch.Tensor, kind: str, vmax: Optional[float] = None):
+    """Draw one (C, H, W) panel: images clamped to [0, 1], maps normalised per row."""
+    ax.set_xticks([]), ax.set_yticks([])
+    if kind in ("mean", "sample"):
+        arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
+        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+    elif kind == "difference":
+        m = img.mean(0).numpy()
+        lim = vmax or (np.abs(m).max() + 1e-12)
+        ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    else:  # variance and covariance maps: channel mean, row-wide scale
+        m = img.mean(0).numpy()
+        ax.imshow(m, cmap="magma", vmin=0, vmax=vmax or (m.max() + 1e-12))
+
+
+def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: int = 4,
+                            title: str = ""):
+    """One column block per model (e.g. β-VAE | SOS-VAE), rows as in Figs. 1–2."""
+    import matplotlib.pyplot as plt
+    rows = list(ROW_TITLES)
+    names = list(panels)
+    fig, axes = plt.subplots(len(rows), n_cols * len(names),
+                             figsize=(1.4 * n_cols * len(names), 1.5 * len(rows)), squeeze=False)
+    for r, kind in enumerate(rows):
+        for m, name in enumerate(names):
+            imgs = panels[name][kind][:n_cols]
+            # one scale per model and row, so maps are comparable within a row
+            vmax = None
+            if kind != "mean" and kind != "sample":
+                vals = imgs.mean(1).abs()
+                vmax = float(vals.max()) + 1e-12
+            for c in range(n_cols):
+                ax = axes[r, m * n_cols + c]
+                _show(ax, imgs[c], kind, vmax)
+                if c == 0 and m == 0:
+                    ax.set_ylabel(ROW_TITLES[kind], fontsize=8)
+                if r == 0 and c == 0:
+                    ax.set_title(name, fontsize=9, loc="left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -- Fig. 4: slerp over ω_p ----------------------------------------------------------------------
+
+@torch.no_grad()
+def slerp_grid(model, z: torch.Tensor, n: int = 5, seed: int = 0) -> torch.Tensor:
+    """(n+2)×(n+2) samples for one z whose ω_p slerps between four random corners.
+
+    Row tops/bottoms are slerp(tl, tr, i/(n+1)) and slerp(bl, br, i/(n+1)); a cell is
+    the slerp between those at j/(n+1) (paper eq. 8 and Appendix D). ω_d is fixed, so
+    only the structured part moves. Returns (n+2, n+2, C, H, W).
+    """
+    obs = model.decode(z[:1].to(_device(model)))
+    g = torch.Generator().manual_seed(seed)
+    tl, tr, bl, br = torch.randn(4, obs.rank, generator=g, dtype=torch.float64)
+    omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc.device)
+    t = torch.linspace(0, 1, n + 2, dtype=torch.float64)
+    top, bottom = slerp(tl, tr, t), slerp(bl, br, t)  # (n+2, R)
+    cells = torch.stack([slerp(top[i], bottom[i], t) for i in range(n + 2)], dim=1)  # (rows, cols, R)
+    omega_p = cells.reshape(-1, obs.rank).to(obs.loc)
+    y = obs.rsample(omega_p=omega_p.unsqueeze(1), omega_d=omega_d.expand(omega_p.shape[0], *obs.loc.shape))
+    return y[:, 0].reshape(n + 2, n + 2, *model.image_shape).cpu()
+
+
+def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequence[str]] = None,
+              col_labels: Optional[Sequence[str]] = None, cell: float = 0.9):
+    """Draw a (rows, cols, C, H, W) grid of images clamped to [0, 1]."""
+    import matplotlib.pyplot as plt
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows * images.shape[-2] / images.shape[-1]),
+                             squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            _show(ax, images[i, j], "mean")
+            if row_labels is not None and j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=7)
+            if col_labels is not None and i == 0:
+                ax.set_title(col_labels[j], fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -- Fig. 5 and App. B: principal-component scaling (eq. 5) ------------------------------------
+
+PAPER_SCALES = torch.arange(-5.0, 5.01, 0.5)  # −5 … +5 in steps of 0.5 (21 values)
+
+
+@torch.no_grad()
+def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PAPER_SCALES,
+                    others: float = 0.03, seed: int = 0) -> torch.Tensor:
+    """Scale one principal component at a time through `scales` (eq. 5).
+
+    The other components are scaled by `others`: 0.03 as in the paper's code (which
+    floors a zero scale at 0.03), so each row isolates its component; 1.0 keeps them.
+    ω_p and ω_d are fixed across the figure. Returns (len(components), len(scales), C, H, W).
+    """
+    obs = model.decode(z[:1].to(_device(model)))
+    g = torch.Generator().manual_seed(seed)
+    omega_p = torch.randn(1, obs.rank, generator=g).to(obs.loc)
+    omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc)
+    U, s, V = obs.principal_components()  # computed once for all rows
+    rows = []
+    for r in components:
+        a = torch.full((len(scales), obs.rank), others, dtype=s.dtype, device=s.device)
+        a[:, r] = torch.as_tensor(scales, dtype=s.dtype)
+        P = U @ ((s * a).unsqueeze(-1) * V.mT)  # (len(scales), S, R)
+        y = obs.loc + (P @ omega_p.mT).squeeze(-1) + obs.diagonal.sqrt() * omega_d
+        rows.append(y.reshape(len(scales), *model.image_shape).cpu())
+    return torch.stack(rows)
+
+
+# -- Fig. 6 and App. C: editing by Gaussian conditioning (eqs. 6–7) ------------------------------
+
+def stroke_mask(image_shape: Sequence[int], y0: float, x0: float, y1: float, x1: float,
+                width: float = 0.04) -> torch.Tensor:
+    """A brush stroke from (y0, x0) to (y1, x1), in fractions of the image, all channels.
+
+    Returns a bool (C, H, W) mask: pixels within `width`·min(H, W) of the segment.
+    """
+    C, H, W = image_shape
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    a = torch.tensor([y0 * (H - 1), x0 * (W - 1)], dtype=torch.float64)
+    b = torch.tensor([y1 * (H - 1), x1 * (W - 1)], dtype=torch.float64)
+    d = b - a
+    t = (((yy - a[0]) * d[0] + (xx - a[1]) * d[1]) / d.pow(2).sum().clamp_min(1e-12)).clamp(0, 1)
+    dist = ((yy - a[0] - t * d[0]) ** 2 + (xx - a[1] - t * d[1]) ** 2).sqrt()
+    mask = dist <= max(width * min(H, W), 0.5)
+    return mask.expand(C, H, W).clone()
+
+
+# Stroke positions for aligned faces (CelebA and LFW are both aligned on the eyes).
+FACE_EDITS = {
+    "hair": dict(stroke=(0.06, 0.35, 0.12, 0.65), colour=(0.85, 0.75, 0.2)),  # blond streak
+    "skin": dict(stroke=(0.55, 0.28, 0.62, 0.36), colour=(0.9, 0.45, 0.45)),  # flushed cheek
+    "background": dict(stroke=(0.1, 0.02, 0.3, 0.06), colour=(0.1, 0.6, 0.2)),  # green backdrop
+}
+
+
+def colour_values(colour: Sequence[float], mask: torch.Tensor) -> torch.Tensor:
+    """The edited values for a mask (C, H, W): the colour per channel, or its luminance."""
+    C = mask.shape[0]
+    rgb = torch.tensor(colour, dtype=torch.float32)
+    per_channel = rgb if C == 3 else (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).reshape(1)
+    return per_channel[:, None, None].expand(mask.shape)[mask]
+
+
+@torch.no_grad()
+def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool = True,
+                  edit_table: Optional[Dict] = None) -> Dict[str, torch.Tensor]:
+    """Apply named strokes and condition the mean on them (eqs. 6–7).
+
+    sequential=True accumulates the edits (App. C); False applies each on its own.
+    Returns (len(edits), C, H, W) tensors: 'edited' (the mean with the stroke pasted)
+    and 'conditional' (the conditional mean), plus 'mean' (1, C, H, W).
+    """
+    edit_table = edit_table or FACE_EDITS
+    shape = model.image_shape
+    obs = model.decode(z[:1].to(_device(model)))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    target = obs.mean[0].detach().cpu().reshape(shape).clone()
+    edited, conditional = [], []
+    for name in edits:
+        spec = edit_table[name]
+        m = stroke_mask(shape, *spec["stroke"])
+        if not sequential:
+            mask = torch.zeros(shape, dtype=torch.bool)
+            target = obs.mean[0].detach().cpu().reshape(shape).clone()
+        target[m] = colour_values(spec["colour"], m)
+        mask |= m
+        values = target[mask].unsqueeze(0).to(obs.loc)
+        cond = obs.conditional_mean(mask.to(obs.loc.device), values)[0].cpu().reshape(shape)
+        paste = obs.mean[0].cpu().reshape(shape).clone()
+        paste[mask] = target[mask]
+        edited.append(paste)
+        conditional.append(cond)
+    return {"mean": obs.mean.cpu().reshape(1, *shape), "edited": torch.stack(edited),
+            "conditional": torch.stack(conditional)}
+
+
+def edit_spread(result: Dict[str, torch.Tensor], mask_of_last: Optional[torch.Tensor] = None) -> float:
+    """How far an edit propagates: mean |conditional − mean| outside the edited pixels."""
+    changed = (result["edited"][-1] != result["mean"][0])
+    diff = (result["conditional"][-1] - result["mean"][0]).abs()
+    return float(diff[~changed].mean())
+
+
+# -- Fig. 7: the distribution-only model against PCA ---------------------------------------------
+
+def fit_pca(train: torch.Tensor, n_components: int = 25, seed: int = 0):
+    """scikit-learn PCA (probabilistic PCA likelihood via .score) on flattened images."""
+    from sklearn.decomposition import PCA
+    pca = PCA(n_components=n_components, random_state=seed)
+    pca.fit(train.reshape(train.shape[0], -1).double().numpy())
+    return pca
+
+
+def pca_samples(pca, n: int, seed: int = 0) -> torch.Tensor:
+    """Samples mean + Σ_k √λ_k ω_k u_k from the 25-component PCA (no isotropic noise)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, pca.n_components_)) * np.sqrt(pca.explained_variance_)
+    return torch.from_numpy(pca.mean_ + w @ pca.components_).float()
+
+
+def subspace_reconstruction_error(x: torch.Tensor, loc: torch.Tensor, basis: torch.Tensor) -> float:
+    """Mean squared error per pixel of projecting x − loc onto span(basis) (S × R)."""
+    q, _ = torch.linalg.qr(basis.double())
+    r = x.reshape(x.shape[0], -1).double() - loc.double()
+    return float((r - (r @ q) @ q.T).pow(2).mean())
+
+
+def compare_with_pca(dist_model, pca, held_out: torch.Tensor) -> Dict[str, float]:
+    """Held-out numbers for Fig. 7: reconstruction error in each model's subspace and
+    log-likelihood per pixel (ours: N(μ, PPᵀ + εI); PCA: probabilistic PCA, noise fitted)."""
+    x = held_out.reshape(held_out.shape[0], -1)
+    with torch.no_grad():
+        d = dist_model.distribution(1)
+        ll_ours = float(d.log_prob(x.to(d.loc)).mean()) / x.shape[1]
+        loc, P = d.loc[0].cpu(), d.cov_factor[0].cpu()
+    return {
+        "recon_mse_ours": subspace_reconstruction_error(x, loc, P),
+        "recon_mse_pca": subspace_reconstruction_error(x, torch.from_numpy(pca.mean_),
+                                                       torch.from_numpy(pca.components_).T),
+        "loglik_per_pixel_ours": ll_ours,
+        "loglik_per_pixel_pca": float(pca.score(x.double().numpy())) / x.shape[1],
+        "pca_noise_variance": float(pca.noise_variance_),
+    }
+
+
+# -- App. A: the variance explosion without the stabilisers -------------------------------------
+
+@torch.no_grad()
+def average_variance(model, images: torch.Tensor, batch_size: int = 50) -> float:
+    """Average per-pixel variance of p(x|z) with z the encoder's mean of held-out images."""
+    dev = _device(model)
+    total, count = 0.0, 0
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i:i + batch_size].to(dev)
+        obs = model.decode(model.encode(x).loc)
+        total += float(obs.variance.sum())
+        count += obs.variance.numel()
+    return total / count
+
+
+def save_figure(fig, output_dir, name: str) -> Path:
+    path = Path(output_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+# -- training curves ------------------------------------------------------------------------
+
+CURVES = [("nll", "reconstruction NLL (nats/image)", "symlog"), ("kl", "KL (nats/image)", "linear"),
+          ("entropy", "entropy H[p(x|z)] (nats/image)", "linear"), ("lambda_kl", "λ_KL", "symlog"),
+          ("lambda_entropy", "λ_H", "symlog"), ("mean_variance", "mean pixel variance", "log")]
+
+
+def read_metrics(run_dir, kind: str = "steps") -> Dict[str, np.ndarray]:
+    import csv
+    with open(Path(run_dir) / f"metrics_{kind}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
+
+
+def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, float]] = None, smooth: int = 5):
+    """Loss terms and both multipliers against the step, one line per run.
+
+    targets: optional horizontal lines, e.g. {"kl": ξ_KL, "entropy": ξ_H}.
+    """
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for name, run_dir in runs.items():
+        m = read_metrics(run_dir)
+        for ax, (key, label, scale) in zip(axes.flat, CURVES):
+            y = m.get(key)
+            if y is None or not np.isfinite(y).any():
+                continue
+            if smooth > 1 and len(y) > smooth:
+                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(m["step"][:len(y)], y, label=name, lw=1.2)
+    for ax, (key, label, scale) in zip(axes.flat, CURVES):
+        if targets and key in targets and targets[key] is not None:
+            ax.axhline(targets[key], color="k", ls="--", lw=0.8, label=f"target {targets[key]:.4g}")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_yscale(scale)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,91 @@
+"""What every notebook does first: parameters → configs, data, trained models, outputs.
+
+    ctx = setup(profile, dataset, data_root, device, output_dir, seed)
+    sos = ctx.model("sos")           # trains once (01_train_models), then loads
+    ctx.save(fig, "fig1_celeba")     # PNG in output_dir, shown inline
+    ctx.record(coherence_sos=0.41)   # key numbers in output_dir/metrics.json
+
+Runs are shared by all notebooks: `<output_dir>/../runs` unless `runs_dir` or
+$SOSVAE_RUNS_DIR says otherwise; decoded images are cached beside them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from .configs import Config, get_config
+from .data import load_splits, resolve_data_root
+from .figures import record, save_figure
+from .train import get_or_train
+
+
+@dataclass
+class NotebookContext:
+    profile: str
+    dataset: str
+    data_root: Optional[Path]
+    device: str
+    output_dir: Path
+    runs_dir: Path
+    cache_dir: Optional[Path]
+    seed: int = 0
+    _splits: Dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def config(self, model: str = "sos", dataset: Optional[str] = None, **overrides) -> Config:
+        return get_config(dataset or self.dataset, self.profile, model, **overrides)
+
+    def splits(self, dataset: Optional[str] = None) -> dict:
+        """train/val/test of a dataset, decoded as the configs train on it (cached)."""
+        dataset = dataset or self.dataset
+        if dataset not in self._splits:
+            cfg = self.config("sos", dataset)
+            self._splits[dataset] = load_splits(cfg.dataset, data_root=self.data_root, n_images=cfg.n_images,
+                                                seed=cfg.split_seed, image_size=cfg.image_size,
+                                                cache_dir=self.cache_dir, progress=False)
+        return self._splits[dataset]
+
+    def model(self, model: str = "sos", dataset: Optional[str] = None, **overrides):
+        """The trained model for this profile (trained now if no run folder has it)."""
+        dataset = dataset or self.dataset
+        cfg = self.config(model, dataset, **overrides)
+        return get_or_train(cfg, runs_dir=self.runs_dir, data_root=self.data_root, device=self.device,
+                            datasets=self.splits(dataset), progress=True)
+
+    def test_images(self, dataset: Optional[str] = None, n: Optional[int] = None) -> torch.Tensor:
+        images = self.splits(dataset)["test"].to_float()
+        return images if n is None else images[:n]
+
+    def save(self, fig, name: str, show: bool = True) -> Path:
+        import matplotlib.pyplot as plt
+        path = save_figure(fig, self.output_dir, name)
+        plt.show() if show else plt.close(fig)
+        return path
+
+    def record(self, **metrics) -> dict:
+        return record(self.output_dir, **metrics)
+
+    @property
+    def has_real_data(self) -> bool:
+        return self.data_root is not None
+
+
+def setup(profile: str = "quick", dataset: Optional[str] = None, data_root=None, device: str = "auto",
+          output_dir=None, seed: int = 0, runs_dir=None) -> NotebookContext:
+    """Resolve a notebook's parameters. dataset=None: CelebA when a data root is given
+    (argument or $SOSVAE_DATA_ROOT), else the bundled LFW faces."""
+    root = resolve_data_root(data_root)
+    if root is not None and not Path(root).exists():
+        raise FileNotFoundError(f"data root {root} does not exist; pass data_root=... or set SOSVAE_DATA_ROOT")
+    dataset = dataset or ("celeba" if root is not None else "lfw")
+    output_dir = Path(output_dir or "outputs")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    runs = Path(runs_dir or os.environ.get("SOSVAE_RUNS_DIR") or output_dir.parent / "runs")
+    cache = os.environ.get("SOSVAE_CACHE_DIR") or runs.parent / "cache"
+    torch.manual_seed(seed)
+    ctx = NotebookContext(profile, dataset, root, device, output_dir, runs, Path(cache), seed)
+    ctx.record(profile=profile, dataset=dataset, real_data=root is not None)
+    return ctx

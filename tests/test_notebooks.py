@@ -1,0 +1,112 @@
+"""Every notebook, executed by papermill at profile=smoke, with its numbers checked.
+
+With $SOSVAE_DATA_ROOT set (CI points it at ../shared/data) the notebooks run on
+the real CelebA and OASIS images; otherwise on the bundled LFW faces.
+"""
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sosvae_core.runner import NOTEBOOKS, NotebookFailed, list_notebooks, run_all, run_notebook
+
+ALL = list_notebooks()
+
+
+def test_notebooks_are_committed_without_outputs_and_take_parameters():
+    assert len(ALL) >= 8
+    for path in ALL:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.get("outputs"), f"{path.name} carries outputs; clear them before committing"
+                assert cell.get("execution_count") is None, f"{path.name} carries execution counts"
+        tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+        for name in ("profile", "dataset", "data_root", "device", "output_dir", "seed"):
+            assert f"{name} =" in tagged[0].source, f"{path.name}: parameters cell lacks {name}"
+        assert nb.cells[0].cell_type == "markdown", f"{path.name} must open with its text"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("notebooks")
+    summary = run_all("smoke", data_root=os.environ.get("SOSVAE_DATA_ROOT"), device="cpu", output=out)
+    return {r["notebook"][:2]: r for r in summary["notebooks"]}, out
+
+
+def metrics(smoke_run, number):
+    return smoke_run[0][number]["metrics"]
+
+
+def test_every_notebook_ran_and_saved_figures(smoke_run):
+    results, out = smoke_run
+    assert sorted(results) == [p.name[:2] for p in ALL]
+    for number, r in results.items():
+        assert (out / r["notebook"]).exists()
+        if number not in ("01",):
+            assert r["figures"], f"{r['notebook']} saved no figure"
+
+
+def test_quickstart(smoke_run):
+    m = metrics(smoke_run, "00")
+    assert m["coherence_sos"] > 0.05 and m["train_wall_time_s"] > 0
+
+
+def test_training_notebook_trained_every_model(smoke_run):
+    models = metrics(smoke_run, "01")["models"]
+    assert {"beta", "sos", "distribution", "sos_learned_diag"} <= set(models)
+    if os.environ.get("SOSVAE_DATA_ROOT"):
+        assert {"brain_beta", "brain_sos"} <= set(models)
+    for name, m in models.items():
+        assert m["final_nll"] == m["final_nll"], f"{name} NLL is NaN"
+
+
+def test_fig1_sos_residuals_are_coherent_and_beta_residuals_are_not(smoke_run):
+    m = metrics(smoke_run, "02")
+    assert abs(m["coherence_beta"]) < 0.1, m  # independent pixel noise
+    assert m["coherence_sos"] > m["coherence_beta"] + 0.1, m
+    if os.environ.get("SOSVAE_DATA_ROOT"):
+        assert m["coherence_sos_brain"] > m["coherence_beta_brain"] + 0.1, m
+
+
+def test_fig4_slerp_path_is_smooth(smoke_run):
+    steps = metrics(smoke_run, "03")["slerp_step_over_corner_difference"]
+    assert len(steps) == 2 and all(0 < s < 0.6 for s in steps), steps
+
+
+def test_fig5_components_are_sorted(smoke_run):
+    m = metrics(smoke_run, "04")
+    s = m["singular_values"]
+    assert all(a >= b for a, b in zip(s, s[1:]))
+    assert len(m["component_effect"]) == len(s)
+
+
+def test_fig6_sos_edits_spread_and_beta_edits_do_not(smoke_run):
+    m = metrics(smoke_run, "05")
+    assert m["edit_spread_beta"] == 0.0
+    assert m["edit_spread_sos"] > 1e-4
+
+
+def test_fig7_distribution_only_model_explains_held_out_images(smoke_run):
+    m = metrics(smoke_run, "06")
+    assert m["fig7_recon_mse_ours"] < m["fig7_recon_mse_mean_only"]
+    assert m["fig7_recon_mse_pca"] < m["fig7_recon_mse_mean_only"]
+
+
+def test_appendix_a_reports_both_variances(smoke_run):
+    m = metrics(smoke_run, "07")
+    assert m["avg_variance_stabilised"] > 0 and m["avg_variance_unstabilised"] > 0
+    assert m["paper_avg_variance_unstabilised"] == 11.76
+
+
+def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("broken"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    path = tmp_path / "99_broken.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookFailed, match=r"99_broken.ipynb failed in cell 2 .*ValueError: boom"):
+        run_notebook(path, tmp_path / "out", {})
