@@ -97,6 +97,8 @@ def _set_rng_state(state: dict, flip_gen: torch.Generator) -> None:
 
 def mean_variance(obs) -> float:
     """Average per-pixel variance, where it is cheap (the Dorta model's is not)."""
+    if getattr(obs, "variance_is_expensive", False):
+        return float("nan")
     try:
         with torch.no_grad():
             return float(obs.variance.mean())
@@ -109,18 +111,28 @@ class ObjectiveTerms(torch.nn.Module):
 
     A module of its own so that DistributedDataParallel sees tensor outputs. The
     networks may run under bf16 autocast; the likelihood always runs in float32.
+    Under data parallelism every rank draws the posterior noise of the whole global
+    batch and keeps its own rows (rank, rank + world, ...: the rows the sampler gave
+    it), so that each image gets the z that one process would have drawn for it.
     """
 
-    def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False):
+    def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False,
+                 rank: int = 0, world: int = 1):
         super().__init__()
         self.model, self.kind, self.amp = model, kind, amp
+        self.rank, self.world = rank, world
 
     def forward(self, x: torch.Tensor):
         if self.kind == "distribution":
             obs, kl = self.model.distribution(x.shape[0]), None
         else:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                q, obs = self.model(x)
+                q = self.model.encode(x)
+                # validation runs on rank 0 alone, so it draws for its own batch only
+                rank, world = (self.rank, self.world) if self.model.training else (0, 1)
+                noise = torch.randn((x.shape[0] * world, q.loc.shape[-1]), dtype=q.loc.dtype,
+                                    device=q.loc.device)[rank::world]
+                obs = self.model.decode(q.loc + noise * q.scale)  # = q.rsample() when world = 1
             kl = standard_normal_kl(q).float()
         return -obs.log_prob(x.flatten(1).float()), kl, obs.entropy(), obs
 
@@ -159,7 +171,8 @@ class Trainer:
         self.flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.epoch = self.step = self.step_in_epoch = 0
         self.wall_time = 0.0
-        self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp)
+        self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp,
+                                                                 self.rank, self.world)
         if self.distributed:
             if cfg.model == "distribution":
                 raise ValueError("the distribution-only model has no network to parallelise; "
@@ -194,6 +207,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.is_main:
             atomic_save(self.state_dict(), self.checkpoint_path)
+        if self.distributed:  # no rank runs ahead of (or reads) a checkpoint still being written
+            dist.barrier()
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.exists():
@@ -237,8 +252,9 @@ class Trainer:
     def _batch(self, idx: torch.Tensor, flip: bool) -> torch.Tensor:
         x = self.train_set.images[idx]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if flip:  # random horizontal flip, from the trainer's own generator (exact resume)
-            mask = torch.rand(len(idx), generator=self.flip_gen) < 0.5
+        if flip:  # random horizontal flip, from the trainer's own generator (exact resume);
+            # drawn for the global batch, this rank's rows (as the noise in ObjectiveTerms)
+            mask = torch.rand(len(idx) * self.world, generator=self.flip_gen)[self.rank::self.world] < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
@@ -301,12 +317,17 @@ class Trainer:
         self.model.eval()
         nll_sum = kl_sum = 0.0
         n = min(len(dataset.images), max_images)
-        for start in range(0, n, self.cfg.batch_size):
-            x = dataset.images[start:start + self.cfg.batch_size]
-            x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(self.device)
-            nll, kl, _, _ = self.terms(x, self.plain_terms)
-            nll_sum += float(nll.sum())
-            kl_sum += float(kl.sum()) if kl is not None else float("nan")
+        # Own RNG stream: only rank 0 validates, and the ranks' training RNGs must stay in
+        # step (they draw the global batch's noise); fixed noise also makes epochs comparable.
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.cfg.seed + 2)
+            for start in range(0, n, self.cfg.batch_size):
+                x = dataset.images[start:start + self.cfg.batch_size]
+                x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(self.device)
+                nll, kl, _, _ = self.terms(x, self.plain_terms)
+                nll_sum += float(nll.sum())
+                kl_sum += float(kl.sum()) if kl is not None else float("nan")
         return {"val_nll": nll_sum / n, "val_kl": kl_sum / n}
 
     # -- the loop -----------------------------------------------------------------------
@@ -316,6 +337,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(self.cfg.to_json())
+        if self.distributed:  # rank 0 has set up the folder before any rank reads from it
+            dist.barrier()
         if resume:
             self.load_checkpoint()
         sampler = DistributedSampler(range(len(self.train_set.images)), num_replicas=self.world,

