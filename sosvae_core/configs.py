@@ -105,9 +105,9 @@ class Config:
 # small networks for CPU runs: same architecture, fewer channels. A quick run takes
 # ~450 steps where the paper takes ~28,000, so it uses a 10× learning rate: at the
 # paper's 1e-4 the decoded mean is still a flat grey image after 8 CelebA epochs.
-QUICK_NET = dict(channels=(16, 32, 64), blocks=1, latent_dim=32, lr=1e-3)
+QUICK_NET = dict(channels=(16, 32, 64), blocks=1, latent_dim=32, lr=1e-3, fid_n=500)
 # smoke: seconds on a CPU; a 10× learning rate so that P leaves its tiny init in two epochs
-SMOKE_NET = dict(channels=(8, 16), blocks=1, latent_dim=8, rank=5, lr=1e-3)
+SMOKE_NET = dict(channels=(8, 16), blocks=1, latent_dim=8, rank=5, lr=1e-3, fid_n=32)
 
 EXPERIMENTS = {
     # the paper's CelebA: 218×178 RGB, 10k images
@@ -133,7 +133,7 @@ EXPERIMENTS = {
     ),
     # the bundled default (scikit-image's LFW subset, 200 gray 25×25 faces): no download
     "lfw": dict(
-        dataset="lfw", target_kl=15.0, entropy_budget=136.5, n_images=200,
+        dataset="lfw", target_kl=15.0, entropy_budget=136.5, n_images=200, fid_n=200,
         paper=dict(epochs=200),
         quick=dict(epochs=60, **QUICK_NET),
         smoke=dict(epochs=3, batch_size=10, **SMOKE_NET),

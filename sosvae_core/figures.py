@@ -398,3 +398,23 @@ def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, floa
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_fid_table(rows: List[dict]):
+    """Bars of FID for means and samples per (dataset, model), with the paper's where known."""
+    import matplotlib.pyplot as plt
+    labels = [f"{r['dataset']}\n{r['model']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+    ax.bar(x - 0.2, [r["fid_means"] for r in rows], 0.4, label="ours: means")
+    ax.bar(x + 0.2, [r["fid_samples"] for r in rows], 0.4, label="ours: samples")
+    for i, r in enumerate(rows):
+        for dx, key in ((-0.2, "paper_means"), (0.2, "paper_samples")):
+            if r.get(key) is not None:
+                ax.plot([i + dx - 0.18, i + dx + 0.18], [r[key]] * 2, "k-", lw=2)
+    ax.plot([], [], "k-", lw=2, label="paper (N = 50,000)")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel(f"FID (N = {rows[0]['n']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
