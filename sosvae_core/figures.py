@@ -155,9 +155,10 @@ def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: 
 def slerp_grid(model, z: torch.Tensor, n: int = 5, seed: int = 0) -> torch.Tensor:
     """(n+2)×(n+2) samples for one z whose ω_p slerps between four random corners.
 
-    Row tops/bottoms are slerp(tl, tr, i/(n+1)) and slerp(bl, br, i/(n+1)); a cell is
-    the slerp between those at j/(n+1) (paper eq. 8 and Appendix D). ω_d is fixed, so
-    only the structured part moves. Returns (n+2, n+2, C, H, W).
+    The top and bottom edges are slerp(tl, tr, i/(n+1)) and slerp(bl, br, i/(n+1)); the
+    cell in row j, column i is the slerp between those at j/(n+1) (paper eq. 8 and
+    Appendix D). ω_d is fixed, so only the structured part moves.
+    Returns (n+2, n+2, C, H, W) indexed [row, column].
     """
     obs = model.decode(z[:1].to(_device(model)))
     g = torch.Generator().manual_seed(seed)
@@ -314,8 +315,8 @@ def pca_samples(pca, n: int, seed: int = 0) -> torch.Tensor:
 
 def subspace_reconstruction_error(x: torch.Tensor, loc: torch.Tensor, basis: torch.Tensor) -> float:
     """Mean squared error per pixel of projecting x − loc onto span(basis) (S × R)."""
-    q, _ = torch.linalg.qr(basis.double())
-    r = x.reshape(x.shape[0], -1).double() - loc.double()
+    q, _ = torch.linalg.qr(basis.detach().double())
+    r = x.reshape(x.shape[0], -1).double() - loc.detach().double()
     return float((r - (r @ q) @ q.T).pow(2).mean())
 
 

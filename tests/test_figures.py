@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+
+from sosvae_core import figures
+from sosvae_core.likelihood import LowRankNormal, slerp
+from sosvae_core.networks import VAE, DistributionOnly
+
+SHAPE = (1, 10, 8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = VAE(SHAPE, "sos", channels=(8, 16), blocks=1, latent_dim=4, rank=3).eval()
+    with torch.no_grad():  # give P some size so the figures are not trivial
+        m.head.factor.weight.normal_(0, 0.05)
+    return m
+
+
+def test_spatial_coherence_separates_smooth_from_independent_noise():
+    g = torch.Generator().manual_seed(0)
+    iid = torch.randn(20, 1, 32, 32, generator=g)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(20, 1, 36, 36, generator=g), 5, stride=1)
+    assert abs(figures.spatial_coherence(iid)) < 0.05
+    assert figures.spatial_coherence(smooth) > 0.7
+
+
+def test_observation_panel_rows_follow_the_distribution(model):
+    z = torch.randn(2, 4)
+    panel = figures.observation_panel(model, z, seed=3)
+    obs = model.decode(z)
+    torch.testing.assert_close(panel["mean"].flatten(1), obs.mean)
+    torch.testing.assert_close(panel["variance"].flatten(1), obs.variance)
+    torch.testing.assert_close(panel["difference"], panel["sample"] - panel["mean"])
+    centre = figures.centre_pixel(SHAPE)
+    row = obs.covariance_row(centre)
+    row[:, centre] = 0
+    torch.testing.assert_close((panel["cov_positive"] - panel["cov_negative"]).flatten(1), row)
+
+
+def test_slerp_grid_corners_and_edges(model):
+    z = torch.randn(1, 4)
+    grid = figures.slerp_grid(model, z, n=3, seed=1)
+    assert grid.shape == (5, 5, *SHAPE)
+    obs = model.decode(z)
+    g = torch.Generator().manual_seed(1)
+    tl, tr, bl, br = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    omega_d = torch.randn(obs.loc.shape, generator=g)
+    corner = obs.rsample(omega_p=tl.float()[None], omega_d=omega_d)
+    torch.testing.assert_close(grid[0, 0].flatten(), corner[0], atol=1e-5, rtol=1e-5)
+    mid_top = obs.rsample(omega_p=slerp(tl, tr, 0.5).float()[None], omega_d=omega_d)
+    # grid[row, col]: the top row walks from tl (left) to tr (right)
+    torch.testing.assert_close(grid[0, 2].flatten(), mid_top[0], atol=1e-5, rtol=1e-5)
+
+
+def test_component_sweep_at_scale_one_is_the_sample(model):
+    z = torch.randn(1, 4)
+    sweep = figures.component_sweep(model, z, [0, 2], scales=torch.tensor([1.0, 0.0]), others=1.0, seed=2)
+    obs = model.decode(z)
+    g = torch.Generator().manual_seed(2)
+    wp, wd = torch.randn(1, 3, generator=g), torch.randn(obs.loc.shape, generator=g)
+    torch.testing.assert_close(sweep[0, 0].flatten(), obs.rsample(omega_p=wp, omega_d=wd)[0], atol=1e-5, rtol=1e-4)
+    # scale 0 removes that component only: equal to scale_components with a zero
+    want = obs.scale_components(torch.tensor([1.0, 1.0, 0.0])).rsample(omega_p=wp, omega_d=wd)[0]
+    torch.testing.assert_close(sweep[1, 1].flatten(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_edit_sequence_is_the_conditional_mean(model):
+    shape = (3, 12, 10)
+    torch.manual_seed(0)
+    m = VAE(shape, "sos", channels=(8, 16), blocks=1, latent_dim=4, rank=3).eval()
+    z = torch.randn(1, 4)
+    out = figures.edit_sequence(m, z, ["hair", "skin"], sequential=True)
+    obs = m.decode(z)
+    mask = figures.stroke_mask(shape, *figures.FACE_EDITS["hair"]["stroke"]) | \
+        figures.stroke_mask(shape, *figures.FACE_EDITS["skin"]["stroke"])
+    assert torch.equal(out["edited"][-1][mask], out["conditional"][-1][mask])
+    values = out["edited"][-1][mask][None]
+    torch.testing.assert_close(out["conditional"][-1].flatten(), obs.conditional_mean(mask, values)[0])
+    # colours are per channel for RGB, luminance for gray
+    hair = figures.stroke_mask(shape, *figures.FACE_EDITS["hair"]["stroke"])
+    assert torch.allclose(out["edited"][0][0][hair[0]], torch.tensor(0.85))
+
+
+def test_stroke_mask_covers_the_segment():
+    m = figures.stroke_mask((1, 20, 20), 0.5, 0.1, 0.5, 0.9, width=0.05)
+    assert m[0, 10, 2:17].all() and not m[0, 0].any() and m.dtype == torch.bool
+
+
+def test_pca_comparison_on_exactly_low_rank_data():
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(30, 2, generator=g)
+    train = (0.5 + torch.randn(200, 2, generator=g) @ basis.T * 0.1).reshape(200, 1, 5, 6)
+    held = (0.5 + torch.randn(20, 2, generator=g) @ basis.T * 0.1).reshape(20, 1, 5, 6)
+    pca = figures.fit_pca(train, n_components=2)
+    dist = DistributionOnly((1, 5, 6), rank=2)
+    with torch.no_grad():
+        dist.loc.copy_(torch.from_numpy(pca.mean_).float())
+        dist.cov_factor.copy_(basis * 0.1)
+    numbers = figures.compare_with_pca(dist, pca, held)
+    assert numbers["recon_mse_pca"] < 1e-10 and numbers["recon_mse_ours"] < 1e-10
+    assert figures.pca_samples(pca, 7).shape == (7, 30)
+
+
+def test_record_merges_json_atomically(tmp_path):
+    figures.record(tmp_path, a=1)
+    data = figures.record(tmp_path, b=2.5)
+    assert data == {"a": 1, "b": 2.5}
+    assert not list(tmp_path.glob(".*.tmp"))
