@@ -64,6 +64,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_pack(args) -> int:
+    from .configs import get_config
+    from .data import pack_dataset
+
+    cfg = get_config(args.config, args.profile, **_parse_overrides(args.set))
+    out = pack_dataset(cfg.dataset, args.out, data_root=args.data_root, n_images=cfg.n_images,
+                       seed=cfg.split_seed, image_size=cfg.image_size)
+    print(f"packed {cfg.dataset} ({cfg.n_images} images, seed {cfg.split_seed}) into {out} "
+          f"({out.stat().st_size / 2**20:.1f} MiB); use it as --data-root")
+    return 0
+
+
 def cmd_fid(args) -> int:
     from .fid import fid_cli
     return fid_cli(args)
@@ -86,6 +98,14 @@ def main(argv=None) -> int:
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. epochs=3 lr=2e-4")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pack", help="write a config's decoded image subset as one file (a data root for remote GPUs)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
+    p.add_argument("--data-root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_pack)
 
     f = sub.add_parser("fid", help="FID of a trained run's means or samples")
     f.add_argument("--run", required=True, help="run folder")

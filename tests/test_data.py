@@ -437,3 +437,20 @@ def test_real_loaders(name, shape):
         assert x.dtype == torch.float32 and x.shape == shape
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
         assert ds.images.float().std() > 10  # real pictures, not a constant
+
+
+def test_packed_dataset_gives_the_same_splits(celeba_root, tmp_path):
+    from sosvae_core.data import pack_dataset
+    packed = pack_dataset("celeba64_gray", tmp_path / "p.pt", data_root=celeba_root, n_images=12, seed=3, progress=False)
+    a = load_splits("celeba64_gray", data_root=celeba_root, n_images=12, seed=3, progress=False)
+    b = load_splits("celeba64_gray", data_root=packed, n_images=12, seed=3, progress=False)
+    for split in ("train", "val", "test"):
+        assert torch.equal(a[split].images, b[split].images)
+    with pytest.raises(DataError, match="holds seed=3 but 4 was asked for"):
+        load_splits("celeba64_gray", data_root=packed, n_images=12, seed=4, progress=False)
+    with pytest.raises(DataError, match="holds name='celeba64_gray' but 'celeba' was asked for"):
+        load_splits("celeba", data_root=packed, n_images=12, seed=3, progress=False)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a tensor")
+    with pytest.raises(DataError, match="not a readable packed dataset"):
+        load_splits("celeba64_gray", data_root=junk, n_images=12, seed=3, progress=False)
