@@ -59,6 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, constraints
 
+# the same one-line checks as the low-rank model
+from .likelihood import _check_finite, _flat_mask
+
 __all__ = [
     "SparsePrecisionNormal",
     "stencil_offsets",
@@ -104,21 +107,6 @@ def stencil_offsets(k: int) -> list[tuple[int, int]]:
 def num_off_diagonal(k: int) -> int:
     """n_off = (k² − 1)/2, the number of off-diagonal weights per pixel."""
     return (_check_stencil(k) ** 2 - 1) // 2
-
-
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf values; check the decoder output "
-                         f"(or lower the learning rate) before building the distribution")
-
-
-def _flat_mask(mask: torch.Tensor, S: int) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise ValueError("mask must be a bool tensor of shape (S,) or (C, H, W); pass e.g. `mask > 0`")
-    if mask.numel() != S:
-        raise ValueError(f"mask has {mask.numel()} entries but the image has S = {S} pixels; "
-                         f"pass a (S,) or (C, H, W) mask shared by the batch")
-    return mask.reshape(-1)
 
 
 class SparsePrecisionNormal(Distribution):

@@ -47,8 +47,9 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
 
 def _flat_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     """A boolean mask over the S pixels, given flat (S,) or image-shaped (C, H, W)."""
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}; pass e.g. `mask > 0`")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor of shape (S,) or (C, H, W), got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)}; pass e.g. `mask > 0`")
     mask = mask.reshape(-1)
     if mask.numel() != size:
         raise ValueError(
