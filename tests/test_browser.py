@@ -1,0 +1,260 @@
+"""The widget notebook in a real JupyterLab, driven by a real Chromium (Playwright).
+
+Starts JupyterLab on 127.0.0.1 in a temporary root holding a copy of
+notebooks/10_widgets.ipynb (profile smoke), opens it in Debian's /usr/bin/chromium,
+runs all cells, drags a component slider, moves the slerp slider, clicks a pixel and
+paints a brush stroke, and checks that the images the kernel sends back change.
+Screenshots of each panel go to outputs/browser/ (git-ignored). Skipped, saying why,
+when Chromium or Playwright is missing or Chromium cannot start.
+"""
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "10_widgets.ipynb"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic",
+                 "--disable-dev-shm-usage"]  # containers often have a tiny /dev/shm
+# smoke by default; e.g. SOSVAE_BROWSER_PROFILE=quick (with SOSVAE_RUNS_DIR holding the trained
+# run) to look at screenshots of a model that has learned something
+PROFILE = os.environ.get("SOSVAE_BROWSER_PROFILE", "smoke")
+SHOTS = REPO / "outputs" / ("browser" if PROFILE == "smoke" else f"browser-{PROFILE}")
+SERVER_START_S = 60
+NOTEBOOK_RUN_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium context with a fresh profile, or a skip that says why."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium); "
+                    f"the real-browser test needs it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright python package is not installed (pip install playwright)")
+    pw = sync_playwright().start()
+    try:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
+            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1500, "height": 1000},
+            timeout=60_000)
+    except Exception as err:  # a broken install, missing libraries, no /dev/shm ...
+        pw.stop()
+        pytest.skip(f"Chromium at {CHROMIUM} could not start: {str(err).splitlines()[0]}")
+    yield context
+    context.close()
+    pw.stop()
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def lab(browser, tmp_path_factory):
+    """JupyterLab on a free port with a token; shut down (kernels too) at the end."""
+    root = tmp_path_factory.mktemp("lab")
+    runs, out = Path(os.environ.get("SOSVAE_RUNS_DIR") or root / "runs"), root / "outputs"
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += f'\nprofile = {PROFILE!r}\noutput_dir = {str(out / "10_widgets")!r}\n'
+    nbformat.write(nb, root / NOTEBOOK.name)
+
+    # private config, settings and runtime folders: nothing leaks into ~/.jupyter
+    config, settings = root / ".jupyter", root / ".lab-settings"
+    write_json(config / "jupyter_lab_config.json", {"LabApp": {
+        "expose_app_in_browser": True,  # window.jupyterapp, to run the cells by command
+        "news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+        "user_settings_dir": str(settings), "workspaces_dir": str(root / ".workspaces")}})
+    # every cell in the DOM (no virtual scrolling), no notification toasts over the widgets
+    write_json(settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings",
+               {"windowingMode": "none"})
+    write_json(settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings",
+               {"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True})
+
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(root / ".runtime"),
+               IPYTHONDIR=str(root / ".ipython"), SOSVAE_RUNS_DIR=str(runs),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def shutdown():
+        try:  # the server's own shutdown stops its kernels first
+            request = urllib.request.Request(f"{url}/api/shutdown", method="POST",
+                                             headers={"Authorization": f"token {token}"})
+            urllib.request.urlopen(request, timeout=10).close()
+            server.wait(timeout=20)
+        except Exception:
+            pass
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)  # the group we started: server and kernels
+                server.wait(timeout=10)
+        log.close()
+
+    try:
+        # train the smoke model while the server starts; the notebook then only loads it
+        from sosvae_core.configs import get_config
+        from sosvae_core.train import get_or_train
+        get_or_train(get_config("lfw", PROFILE, "sos"), runs_dir=runs, progress=False)
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {server.returncode}:\n"
+                                   f"{(root / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JupyterLab did not answer within {SERVER_START_S} s:\n"
+                                       f"{(root / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+    except BaseException:
+        shutdown()
+        raise
+    yield {"url": url, "token": token, "root": root}
+    shutdown()
+
+
+def src(page, selector: str) -> str:
+    return page.eval_on_selector(selector, "e => e.src")
+
+
+def wait_src_change(page, selector: str, before: str, timeout_ms: int = 20_000) -> str:
+    page.wait_for_function("([sel, old]) => { const e = document.querySelector(sel); "
+                           "return e && e.src && e.src !== old; }", arg=[selector, before],
+                           timeout=timeout_ms)
+    return src(page, selector)
+
+
+def pixels(png: bytes):
+    from PIL import Image
+    import numpy as np
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def test_widgets_in_jupyterlab(lab, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        page.goto(f"{lab['url']}/lab/tree/10_widgets.ipynb?token={lab['token']}",
+                  wait_until="domcontentloaded", timeout=60_000)
+        # the notebook is open and its kernel is up
+        page.wait_for_function(
+            "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+            " const s = w && w.sessionContext && w.sessionContext.session;"
+            " return !!(s && s.kernel && s.kernel.connectionStatus === 'connected'"
+            " && w.sessionContext.kernelDisplayStatus === 'idle'); }", timeout=90_000)
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # the last cell prints where it wrote the latencies: everything ran (or a cell failed)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-OutputArea-output')].some("
+            "e => e.innerText.includes('written to') || e.innerText.includes('Traceback'))",
+            timeout=NOTEBOOK_RUN_S * 1000)
+        failed = page.locator(".jp-OutputArea-output", has_text="Traceback")
+        assert failed.count() == 0, f"a notebook cell failed:\n{failed.first.inner_text()[-3000:]}"
+        for panel in ("component", "slerp", "latent", "edit"):
+            page.wait_for_selector(f".sosvae-{panel}-panel img", state="visible")
+        page.screenshot(path=SHOTS / "00_notebook.png")
+
+        # 1. drag the first component slider to its right end
+        comp_img = ".sosvae-component-image"
+        page.locator(comp_img).scroll_into_view_if_needed()
+        before_png = page.locator(comp_img).screenshot(path=SHOTS / "component_before.png")
+        before = src(page, comp_img)
+        handle = page.locator(".sosvae-component-panel .noUi-handle").first
+        box = handle.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 300, y, steps=12)
+        page.mouse.up()
+        wait_src_change(page, comp_img, before)
+        page.wait_for_timeout(500)  # let the last tick of the drag arrive
+        readout = page.locator(".sosvae-component-panel .widget-readout").first.inner_text()
+        assert float(readout) > 1.0, readout
+        after_png = page.locator(comp_img).screenshot(path=SHOTS / "component_after.png")
+        assert (pixels(before_png) != pixels(after_png)).any(), "the component image did not change"
+        page.locator(".sosvae-component-panel").screenshot(path=SHOTS / "01_component_panel.png")
+
+        # 2. slerp: move tx with the keyboard
+        slerp_img = ".sosvae-slerp-image"
+        before = src(page, slerp_img)
+        tx = page.locator(".sosvae-slerp-panel .noUi-handle").first
+        tx.focus()
+        for _ in range(20):
+            tx.press("ArrowRight")
+        wait_src_change(page, slerp_img, before)
+        page.locator(".sosvae-slerp-panel").screenshot(path=SHOTS / "02_slerp_panel.png")
+
+        # 3. latent: click a pixel near the top left of the mean
+        mean_img, cov_img = ".sosvae-latent-mean", ".sosvae-latent-covariance"
+        page.locator(mean_img).scroll_into_view_if_needed()
+        before = src(page, cov_img)
+        box = page.locator(mean_img).bounding_box()
+        page.mouse.click(box["x"] + 0.25 * box["width"], box["y"] + 0.3 * box["height"])
+        wait_src_change(page, cov_img, before)
+        page.locator(".sosvae-latent-panel").screenshot(path=SHOTS / "03_latent_panel.png")
+
+        # 4. edit: one brush stroke across the face
+        edit_in, edit_out = ".sosvae-edit-input", ".sosvae-edit-result"
+        page.locator(edit_in).scroll_into_view_if_needed()
+        before_png = page.locator(edit_out).screenshot(path=SHOTS / "edit_before.png")
+        before_input = page.locator(edit_in).screenshot()
+        before = src(page, edit_out)
+        box = page.locator(edit_in).bounding_box()
+        x0, y0 = box["x"] + 0.2 * box["width"], box["y"] + 0.45 * box["height"]
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x0 + 0.6 * box["width"], y0 + 0.1 * box["height"], steps=15)
+        page.mouse.up()
+        wait_src_change(page, edit_out, before)
+        after_png = page.locator(edit_out).screenshot(path=SHOTS / "edit_after.png")
+        assert (pixels(before_png) != pixels(after_png)).any(), "the conditional mean did not change"
+        # the paint lands where the mouse went: rows 0.45–0.55 of the image, none near the top
+        painted = (pixels(before_input) != pixels(page.locator(edit_in).screenshot())).any(-1)
+        rows = painted.any(1).nonzero()[0] / painted.shape[0]
+        assert painted.any() and rows.min() > 0.3 and rows.max() < 0.7, (rows.min(), rows.max())
+        status = page.locator(".sosvae-edit-panel").inner_text()
+        assert "strokes: 1" in status, status
+        page.locator(".sosvae-edit-panel").screenshot(path=SHOTS / "04_edit_panel.png")
+        page.screenshot(path=SHOTS / "05_after_interaction.png")  # the viewport: Lab scrolls inside
+        assert not errors, errors
+    finally:
+        page.close()
