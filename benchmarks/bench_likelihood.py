@@ -10,6 +10,7 @@
 Both run with argument validation off, so the comparison is of the math alone.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -100,9 +101,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sizes", default="4096,12288,116412")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice); on a loaded "
+                    "machine 2 threads stall when the second one is descheduled")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("\nlog_prob + entropy + backward, R = 25, batch 25, ε = 1e-5 (median of "
           f"{args.repeats})")
     print("loss = −Σ(log_prob + entropy) over the batch in float32; ref = the same in float64")
