@@ -46,7 +46,9 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
                             cwd=str(NOTEBOOKS.parent), progress_bar=False)
     except pm.PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[0] if err.source else ""
-        raise NotebookFailed(f"notebook {path.name} failed in cell {err.cell_index} ('{first_line}'): "
+        # the execution count, as the notebook shows it (papermill's cell_index counts the
+        # error banner and injected-parameter cells it adds)
+        raise NotebookFailed(f"notebook {path.name} failed in cell In [{err.exec_count}] ('{first_line}'): "
                              f"{err.ename}: {err.evalue.splitlines()[0] if err.evalue else ''} "
                              f"(executed copy: {output / path.name})") from None
     metrics_file = out_dir / "metrics.json"

@@ -15,7 +15,12 @@ was never interrupted.
 Distributed: under `torchrun`, ranks share the data with a DistributedSampler,
 rank 0 writes checkpoints and logs, and the constraint violations are all-reduced
 so that the multipliers stay identical on every rank and the gradient equals that
-of one process with the same global batch.
+of one process with the same global batch. The sampler strides one shared
+permutation, so rank r holds rows r, r + world, ... of each global batch; the flips
+and the posterior noise are drawn for the global batch and sharded the same way,
+so a run equals the single-process run up to float rounding (tests/test_distributed.py),
+provided the norm layers do not depend on the batch: BatchNorm normalises each
+rank's shard on its own (use norm='group', or SyncBatchNorm on CUDA).
 """
 from __future__ import annotations
 
@@ -78,21 +83,24 @@ def build_model(cfg: Config, image_shape) -> torch.nn.Module:
                cfg.blocks, cfg.norm, cfg.stencil)
 
 
-def _rng_state(flip_gen: torch.Generator) -> dict:
+def _rng_state(flip_gen: torch.Generator, device: torch.device) -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(),
              "torch": torch.get_rng_state(), "flip": flip_gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # the training device's only: under torchrun every rank
+        state["cuda"] = torch.cuda.get_rng_state(device)  # resumes it onto its own GPU
     return state
 
 
-def _set_rng_state(state: dict, flip_gen: torch.Generator) -> None:
+def _set_rng_state(state: dict, flip_gen: torch.Generator, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     flip_gen.set_state(state["flip"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        if isinstance(state["cuda"], list):  # older checkpoints: every device's state
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def mean_variance(obs) -> float:
@@ -200,7 +208,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "multipliers": self.multipliers.state_dict(), "epoch": self.epoch,
                 "step": self.step, "step_in_epoch": self.step_in_epoch,
-                "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen),
+                "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen, self.device),
                 "image_shape": list(self.image_shape),
                 "config": json.loads(self.cfg.to_json())}
 
@@ -227,7 +235,7 @@ class Trainer:
         self.multipliers.load_state_dict(state["multipliers"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.wall_time = state["wall_time"]
-        _set_rng_state(state["rng"], self.flip_gen)
+        _set_rng_state(state["rng"], self.flip_gen, self.device)
         # drop log rows written after this checkpoint by the interrupted process
         self._truncate_log("steps", lambda r: int(r["step"]) <= self.step)
         self._truncate_log("epochs", lambda r: int(r["epoch"]) < self.epoch)
@@ -302,7 +310,7 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, obs) -> None:
         where = f"at step {self.step} (epoch {self.epoch})"
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {float(loss)} {where}; the last good state is in "
+            raise TrainingDiverged(f"loss became {loss.item()} {where}; the last good state is in "
                                    f"{self.checkpoint_path}; lower the learning rate or check the data")
         var = mean_variance(obs)  # NaN where it is not cheap to compute (Dorta)
         if not math.isnan(var) and not var <= VARIANCE_LIMIT:
