@@ -111,7 +111,8 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
                 nbformat.v4.new_code_cell("raise ValueError('boom')")]
     path = tmp_path / "99_broken.ipynb"
     nbformat.write(nb, path)
-    with pytest.raises(NotebookFailed, match=r"99_broken.ipynb failed in cell In \[2\] \('raise ValueError\('boom'\)'\): ValueError: boom"):
+    # In [1] is papermill's injected-parameters cell, so the raising cell runs as In [3]
+    with pytest.raises(NotebookFailed, match=r"99_broken.ipynb failed in cell In \[3\] \('raise ValueError\('boom'\)'\): ValueError: boom"):
         run_notebook(path, tmp_path / "out", {})
 
 
