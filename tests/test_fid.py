@@ -401,3 +401,22 @@ def test_reference_cache_failed_write_leaves_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         fid.reference_statistics({"d": 1}, lambda: [seeded_images(4, 0)], ex, tmp_path, n=4, progress=False)
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_fid_cli_on_a_trained_run(tmp_path, capsys):
+    """`python -m sosvae_core fid --run RUN`: one JSON line with the number and its protocol."""
+    import json
+
+    from sosvae_core.__main__ import main as cli
+
+    run = tmp_path / "run"
+    assert cli(["train", "--config", "lfw", "--profile", "smoke", "--run-dir", str(run), "--no-progress",
+                "--set", "epochs=1", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert cli(["fid", "--run", str(run), "--n", "12", "--what", "samples", "--cache-dir", str(tmp_path / "cache"),
+                "--device", "cpu", "--batch-size", "12"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["fid"] > 0 and result["n"] == 12 and result["what"] == "samples"
+    assert result["backend"].startswith("torchscript") and len(result["weights_sha256"]) == 64
+    assert "biased upward" in result["note"]
+    assert list((tmp_path / "cache" / "fid").glob("*.npz")), "reference statistics were not cached"
