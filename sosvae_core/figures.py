@@ -248,12 +248,27 @@ FACE_EDITS = {
 }
 
 
-def colour_values(colour: Sequence[float], mask: torch.Tensor) -> torch.Tensor:
+def colour_to_values(colour, channels: int) -> torch.Tensor:
+    """Brush colour → one intensity per channel in [0, 1].
+
+    colour: any CSS colour PIL knows ('#ff8800', 'white', ...) or an (r, g, b) tuple in
+    [0, 1]. Gray images get the luminance 0.299 r + 0.587 g + 0.114 b (BT.601).
+    """
+    if isinstance(colour, str):
+        from PIL import ImageColor
+        rgb = torch.tensor(ImageColor.getrgb(colour)[:3], dtype=torch.float32) / 255
+    else:
+        rgb = torch.as_tensor(colour, dtype=torch.float32).reshape(-1)[:3]
+        if rgb.numel() == 1:
+            rgb = rgb.repeat(3)
+    if channels == 3:
+        return rgb
+    return (rgb * torch.tensor([0.299, 0.587, 0.114])).sum().reshape(1).repeat(channels)
+
+
+def colour_values(colour, mask: torch.Tensor) -> torch.Tensor:
     """The edited values for a mask (C, H, W): the colour per channel, or its luminance."""
-    C = mask.shape[0]
-    rgb = torch.tensor(colour, dtype=torch.float32)
-    per_channel = rgb if C == 3 else (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).reshape(1)
-    return per_channel[:, None, None].expand(mask.shape)[mask]
+    return colour_to_values(colour, mask.shape[0])[:, None, None].expand(mask.shape)[mask]
 
 
 @torch.no_grad()

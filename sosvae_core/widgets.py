@@ -41,9 +41,9 @@ import torch
 from ipyevents import Event
 from matplotlib import colormaps
 from PIL import Image as PILImage
-from PIL import ImageColor
 
 from .likelihood import DiagonalNormal, LowRankNormal, slerp
+from .figures import colour_to_values  # shared with the Fig. 6 edits
 
 __all__ = [
     "ComponentPanel",
@@ -65,7 +65,6 @@ Points = Sequence[Tuple[float, float]]
 Distribution = Union[LowRankNormal, DiagonalNormal]
 
 # ITU-R BT.601 luma weights, the same as PIL's convert("L")
-LUMA = (0.299, 0.587, 0.114)
 
 
 # -- rendering --------------------------------------------------------------------------
@@ -701,23 +700,6 @@ def stroke_mask(points: Points, radius: float, height: int, width: int,
     under = np.floor(pts[inside]).astype(int)
     mask[under[:, 0], under[:, 1]] = True
     return torch.from_numpy(mask)
-
-
-def colour_to_values(colour: Colour, channels: int) -> torch.Tensor:
-    """Brush colour → one intensity per channel in [0, 1].
-
-    colour: any CSS colour PIL knows ('#ff8800', 'white', ...) or an (r, g, b) tuple in
-    [0, 1]. Gray images get the luminance 0.299 r + 0.587 g + 0.114 b (BT.601).
-    """
-    if isinstance(colour, str):
-        rgb = torch.tensor(ImageColor.getrgb(colour)[:3], dtype=torch.float32) / 255
-    else:
-        rgb = torch.as_tensor(colour, dtype=torch.float32).reshape(-1)[:3]
-        if rgb.numel() == 1:
-            rgb = rgb.repeat(3)
-    if channels == 3:
-        return rgb
-    return (rgb * torch.tensor(LUMA)).sum().reshape(1).repeat(channels)
 
 
 class EditPanel(_Panel):
