@@ -24,8 +24,11 @@ Datasets (see :data:`DATASETS`)
     ``image_size`` is given, in which case every slice is resized. Flipped for
     training, like the public SOS-VAE brain loader.
 ``lfw``
-    Bundled default that needs no download: ``skimage.data.lfw_subset()``
-    (200 grayscale 25x25 faces) -> uint8 1x25x25. Not flipped by default.
+    Bundled default that needs no download: the 100 faces of
+    ``skimage.data.lfw_subset()`` (grayscale 25x25 face crops) -> uint8 1x25x25,
+    flipped for training. The subset's other 100 images are background patches
+    (non-faces) and are left out: a face model trained on both learns a blur of faces
+    and patches.
 
 ``image_size=(H, W)`` resizes (bilinear, antialiased) after the dataset's own
 transform, e.g. CelebA at 64x52 for quick CPU profiles; it is part of the
@@ -212,8 +215,8 @@ DATASETS: dict[str, DatasetSpec] = {
         prepare=_prepare_brain, subdirs=("brain_oasis", "brain"), recursive=True,
     ),
     "lfw": DatasetSpec(
-        name="lfw", channels=1, height=25, width=25, flip=False,
-        transform_description="skimage lfw_subset 25x25 gray, round(x*255)",
+        name="lfw", channels=1, height=25, width=25, flip=True,
+        transform_description="skimage lfw_subset faces [0:100] 25x25 gray, round(x*255)",
         bundled=True,
     ),
 }
@@ -410,10 +413,13 @@ def decode_images(
     return images, kept, skipped
 
 
+LFW_FACES = 100  # lfw_subset(): the first 100 images are faces, the last 100 non-faces
+
+
 def _lfw_images() -> torch.Tensor:
     from skimage.data import lfw_subset
 
-    faces = np.asarray(lfw_subset(), dtype=np.float64)  # (200, 25, 25) in [0, 1]
+    faces = np.asarray(lfw_subset()[:LFW_FACES], dtype=np.float64)  # (100, 25, 25) in [0, 1]
     return torch.from_numpy(np.rint(np.clip(faces, 0.0, 1.0) * 255.0).astype(np.uint8)[:, None])
 
 

@@ -152,24 +152,30 @@ def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: 
 # -- Fig. 4: slerp over ω_p ----------------------------------------------------------------------
 
 @torch.no_grad()
-def slerp_grid(model, z: torch.Tensor, n: int = 5, seed: int = 0) -> torch.Tensor:
+def slerp_grid(model, z: torch.Tensor, n: int = 5, seed: int = 0, return_corners: bool = False):
     """(n+2)×(n+2) samples for one z whose ω_p slerps between four random corners.
 
     The top and bottom edges are slerp(tl, tr, i/(n+1)) and slerp(bl, br, i/(n+1)); the
     cell in row j, column i is the slerp between those at j/(n+1) (paper eq. 8 and
     Appendix D). ω_d is fixed, so only the structured part moves.
-    Returns (n+2, n+2, C, H, W) indexed [row, column].
+    Returns (n+2, n+2, C, H, W) indexed [row, column]; with return_corners, also the
+    four corner samples (tl, tr, bl, br) drawn directly from their ω_p, (4, C, H, W).
     """
     obs = model.decode(z[:1].to(_device(model)))
     g = torch.Generator().manual_seed(seed)
-    tl, tr, bl, br = torch.randn(4, obs.rank, generator=g, dtype=torch.float64)
+    corners = torch.randn(4, obs.rank, generator=g, dtype=torch.float64)
+    tl, tr, bl, br = corners
     omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc.device)
     t = torch.linspace(0, 1, n + 2, dtype=torch.float64)
     top, bottom = slerp(tl, tr, t), slerp(bl, br, t)  # (n+2, R)
     cells = torch.stack([slerp(top[i], bottom[i], t) for i in range(n + 2)], dim=1)  # (rows, cols, R)
     omega_p = cells.reshape(-1, obs.rank).to(obs.loc)
     y = obs.rsample(omega_p=omega_p.unsqueeze(1), omega_d=omega_d.expand(omega_p.shape[0], *obs.loc.shape))
-    return y[:, 0].reshape(n + 2, n + 2, *model.image_shape).cpu()
+    grid = y[:, 0].reshape(n + 2, n + 2, *model.image_shape).cpu()
+    if not return_corners:
+        return grid
+    direct = obs.rsample(omega_p=corners.to(obs.loc).unsqueeze(1), omega_d=omega_d.expand(4, *obs.loc.shape))
+    return grid, direct[:, 0].reshape(4, *model.image_shape).cpu()
 
 
 def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequence[str]] = None,
@@ -247,6 +253,24 @@ FACE_EDITS = {
     "background": dict(stroke=(0.1, 0.02, 0.3, 0.06), colour=(0.1, 0.6, 0.2)),  # green backdrop
 }
 
+# The authors' editor (their code's sampler → editor): it edits the distribution whose
+# principal components are all scaled to their floor of 0.03 (P → U(0.03·S)Vᵀ), with a
+# pen of a few pixels painted on the mean. Their published example: a short dark stroke
+# on the hair, then a short darker stroke on the forehead (width=0.01: a one-pixel line).
+PAPER_EDIT_SCALE = 0.03
+PAPER_EDITS = {
+    # aligned CelebA (218×178 and its resized quick sizes): hair above the forehead
+    "celeba": {
+        "hair": dict(stroke=(0.14, 0.46, 0.17, 0.54), colour=(0.08, 0.06, 0.05), width=0.01),
+        "forehead": dict(stroke=(0.37, 0.45, 0.39, 0.52), colour=(0.55, 0.40, 0.32), width=0.01),
+    },
+    # the bundled LFW crops are tighter: the top rows are hair, the forehead just below
+    "lfw": {
+        "hair": dict(stroke=(0.02, 0.4, 0.02, 0.6), colour=(0.08, 0.06, 0.05), width=0.01),
+        "forehead": dict(stroke=(0.2, 0.42, 0.2, 0.58), colour=(0.55, 0.40, 0.32), width=0.01),
+    },
+}
+
 
 def colour_to_values(colour, channels: int) -> torch.Tensor:
     """Brush colour → one intensity per channel in [0, 1].
@@ -273,35 +297,46 @@ def colour_values(colour, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool = True,
-                  edit_table: Optional[Dict] = None) -> Dict[str, torch.Tensor]:
+                  edit_table: Optional[Dict] = None, component_scale: Optional[float] = None
+                  ) -> Dict[str, torch.Tensor]:
     """Apply named strokes and condition the mean on them (eqs. 6–7).
 
     sequential=True accumulates the edits (App. C); False applies each on its own.
-    Returns (len(edits), C, H, W) tensors: 'edited' (the mean with the stroke pasted)
-    and 'conditional' (the conditional mean), plus 'mean' (1, C, H, W).
+    component_scale: condition the distribution whose principal components are all
+    scaled by this factor (eq. 5; the authors' editor uses 0.03); None: the full P.
+    Returns (len(edits), C, H, W) tensors: 'edited' (the mean with the strokes so far
+    pasted), 'conditional' (the conditional mean) and 'masks' (the pixels conditioned
+    on), plus 'mean' (1, C, H, W).
     """
     edit_table = edit_table or FACE_EDITS
     shape = model.image_shape
     obs = model.decode(z[:1].to(_device(model)))
+    if component_scale is not None:
+        if not isinstance(obs, LowRankNormal):
+            raise ValueError(f"component_scale needs a low-rank observation model, not {type(obs).__name__}; "
+                             f"use component_scale=None")
+        obs = obs.scale_components(torch.full((obs.rank,), float(component_scale), device=obs.loc.device))
+    mean = obs.mean[0].detach().cpu().reshape(shape)
     mask = torch.zeros(shape, dtype=torch.bool)
-    target = obs.mean[0].detach().cpu().reshape(shape).clone()
-    edited, conditional = [], []
+    target = mean.clone()
+    edited, conditional, masks = [], [], []
     for name in edits:
         spec = edit_table[name]
-        m = stroke_mask(shape, *spec["stroke"])
+        m = stroke_mask(shape, *spec["stroke"], width=spec.get("width", 0.04))
         if not sequential:
             mask = torch.zeros(shape, dtype=torch.bool)
-            target = obs.mean[0].detach().cpu().reshape(shape).clone()
-        target[m] = colour_values(spec["colour"], m)
+            target = mean.clone()
+        target[m] = colour_values(spec["colour"], m).to(target.dtype)
         mask |= m
         values = target[mask].unsqueeze(0).to(obs.loc)
         cond = obs.conditional_mean(mask.to(obs.loc.device), values)[0].cpu().reshape(shape)
-        paste = obs.mean[0].cpu().reshape(shape).clone()
+        paste = mean.clone()
         paste[mask] = target[mask]
         edited.append(paste)
         conditional.append(cond)
-    return {"mean": obs.mean.cpu().reshape(1, *shape), "edited": torch.stack(edited),
-            "conditional": torch.stack(conditional)}
+        masks.append(mask.clone())
+    return {"mean": mean.unsqueeze(0), "edited": torch.stack(edited),
+            "conditional": torch.stack(conditional), "masks": torch.stack(masks)}
 
 
 def edit_spread(result: Dict[str, torch.Tensor], mask_of_last: Optional[torch.Tensor] = None) -> float:

@@ -4,8 +4,10 @@
 
 Each notebook NN_name.ipynb is executed with its `parameters` cell set, into
 <output>/NN_name.ipynb, with its figures and metrics.json in <output>/NN_name/.
-A summary (wall time and key numbers of every notebook) goes to <output>/summary.json.
-The first failing notebook stops the run with its name, cell and error.
+A summary (wall time and key numbers of every notebook) goes to <output>/summary.json,
+and the claims scorecard of notebook 11 is printed at the end and copied to
+<output>/scorecard.json. The first failing notebook stops the run with its name, cell
+and error.
 """
 from __future__ import annotations
 
@@ -76,6 +78,15 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
         tmp = output / ".summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=float))
         os.replace(tmp, output / "summary.json")
+    card = output / "11_claims_scorecard" / "scorecard.json"
+    if card.exists():
+        from .scorecard import format_scorecard
+        text = card.read_text()
+        (output / "scorecard.json").write_text(text)
+        data = json.loads(text)
+        print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
+        print(format_scorecard(data["claims"]), flush=True)
+        summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
     return summary
 
 

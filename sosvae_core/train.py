@@ -44,6 +44,7 @@ from .likelihood import CapacitanceError
 from .networks import VAE, DistributionOnly
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
 
+PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
 
 
@@ -178,6 +179,8 @@ class Trainer:
         self.amp = cfg.amp and self.device.type == "cuda"
         self.flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.epoch = self.step = self.step_in_epoch = 0
+        self.pretrain_done = False  # set when the mean's validation NLL has levelled off
+        self.pretrain_val_nll: Optional[list] = None  # validation NLL after each pre-training epoch
         self.wall_time = 0.0
         self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp,
                                                                  self.rank, self.world)
@@ -207,6 +210,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "multipliers": self.multipliers.state_dict(), "epoch": self.epoch,
+                "pretrain_done": self.pretrain_done, "pretrain_val_nll": self.pretrain_val_nll,
                 "step": self.step, "step_in_epoch": self.step_in_epoch,
                 "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen, self.device),
                 "image_shape": list(self.image_shape),
@@ -235,6 +239,8 @@ class Trainer:
         self.multipliers.load_state_dict(state["multipliers"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.wall_time = state["wall_time"]
+        self.pretrain_done = state.get("pretrain_done", False)
+        self.pretrain_val_nll = state.get("pretrain_val_nll")
         _set_rng_state(state["rng"], self.flip_gen, self.device)
         # drop log rows written after this checkpoint by the interrupted process
         self._truncate_log("steps", lambda r: int(r["step"]) <= self.step)
@@ -362,7 +368,7 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             sampler.set_epoch(self.epoch)
             order = torch.tensor(list(sampler))
-            pretrain = self.epoch < self.cfg.pretrain_epochs
+            pretrain = self.epoch < self.cfg.pretrain_epochs and not self.pretrain_done
             for p in self.model.variance_parameters():  # mean-only pre-training (Section 3.3)
                 p.requires_grad_(not pretrain)
             bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, disable=not (self.progress and self.is_main),
@@ -391,6 +397,8 @@ class Trainer:
             summary = self._epoch_average(rows)
             summary.update(epoch=self.epoch, step=self.step, wall_time=round(self.wall_time, 3))
             summary.update(self.evaluate(self.val_set) if self.is_main else {})
+            if pretrain:
+                self._update_pretrain(summary.get("val_nll"))
             self._log("epochs", summary)
             self.epoch += 1
             self.step_in_epoch = 0
@@ -404,6 +412,26 @@ class Trainer:
         if self._tb:
             self._tb.flush()
         return self.model
+
+    def _update_pretrain(self, val_nll: Optional[float]) -> None:
+        """End mean-only pre-training once the mean's validation NLL has levelled off:
+        over the last PLATEAU_WINDOW epochs it gained less per epoch than
+        `pretrain_min_improvement` times the gain since the first pre-training epoch
+        (a slow start does not end it, nor does one noisy epoch; a flat tail does).
+        `pretrain_epochs` is the cap."""
+        tol = self.cfg.pretrain_min_improvement
+        done = False
+        if tol is not None and val_nll is not None and math.isfinite(val_nll):
+            history = (self.pretrain_val_nll or []) + [val_nll]
+            if len(history) > PLATEAU_WINDOW:
+                recent = (history[-1 - PLATEAU_WINDOW] - val_nll) / PLATEAU_WINDOW
+                done = recent < tol * (history[0] - val_nll)
+            self.pretrain_val_nll = history
+        if self.distributed:  # only rank 0 validates: every rank follows its decision
+            flag = torch.tensor([float(done)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(flag, 0)
+            done = bool(flag.item())
+        self.pretrain_done = done
 
     def _epoch_average(self, rows) -> dict:
         """Means over the epoch's steps, read back from the log when the epoch was resumed."""

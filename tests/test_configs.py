@@ -1,12 +1,48 @@
 import pytest
 
-from sosvae_core.configs import EXPERIMENTS, MODELS, PROFILES, Config, floor_entropy, get_config
+import math
+
+from sosvae_core.configs import (EXPERIMENTS, MODELS, PROFILES, Config, floor_entropy, get_config,
+                                 implied_pixel_variance, rescaled_target_entropy)
 
 
 def test_entropy_targets_give_back_the_papers_values():
-    assert get_config("celeba", "paper").target_entropy((3, 218, 178)) == pytest.approx(-504750, abs=1)
-    assert get_config("celeba64_gray", "paper").target_entropy((1, 64, 64)) == pytest.approx(-17630, abs=1)
+    # exactly, not to a rounding of the budget: the rule is anchored at the paper's sizes
+    assert get_config("celeba", "paper").target_entropy((3, 218, 178)) == pytest.approx(-504750, abs=1e-6)
+    assert get_config("celeba64_gray", "paper").target_entropy((1, 64, 64)) == pytest.approx(-17630, abs=1e-6)
     assert floor_entropy(1, 1e-5) == pytest.approx(-4.337524, abs=1e-6)
+    # the budgets above the εI floor that the paper's two values leave
+    assert -504750 - floor_entropy(116412, 1e-5) == pytest.approx(189.867, abs=1e-3)
+    assert -17630 - floor_entropy(4096, 1e-5) == pytest.approx(136.499, abs=1e-3)
+
+
+@pytest.mark.parametrize("experiment", ["celeba", "celeba64_gray", "brain", "lfw"])
+def test_entropy_rule_keeps_the_implied_pixel_variance_across_sizes_and_ranks(experiment):
+    cfg = get_config(experiment, "paper")
+    anchor_v = implied_pixel_variance(int(cfg.target_entropy_at[0]), cfg.target_entropy_at[1], 1e-5, 25)
+    for shape, rank in [((3, 218, 178), 25), ((3, 54, 44), 25), ((1, 32, 32), 25), ((1, 25, 25), 5),
+                        ((1, 208, 176), 25)]:
+        target = cfg.replace(rank=rank).target_entropy(shape)
+        assert implied_pixel_variance(math.prod(shape), target, 1e-5, rank) == pytest.approx(anchor_v, rel=1e-9)
+
+
+def test_entropy_rule_by_hand():
+    # a dense reference: an equal spectrum with s² = S(v − ε)/(Rε)·ε has exactly entropy ξ_H
+    import torch
+    S, R, eps = 7128, 25, 1e-5
+    v = implied_pixel_variance(116412, -504750.0, eps, 25)
+    target = rescaled_target_entropy((116412, -504750.0), S, eps, R)
+    s2 = torch.full((R,), S * (v - eps) / R, dtype=torch.float64)
+    H = S * 0.5 * math.log(2 * math.pi * math.e * eps) + 0.5 * torch.log1p(s2 / eps).sum()
+    assert float(H) == pytest.approx(target, abs=1e-6)
+    # for S ≫ R the budget grows by R/2 nats per e-fold of S (the closed form in configs)
+    budget = target - floor_entropy(S, eps)
+    assert budget == pytest.approx(189.867 + 12.5 * math.log(S / 116412), abs=1e-2)
+    # a 54×44×3 image keeps the paper's per-pixel variance, where a constant budget did not
+    constant = floor_entropy(S, eps) + 189.867
+    assert (implied_pixel_variance(S, constant, eps, R) - eps) / (v - eps) == pytest.approx(116412 / S, rel=1e-3)
+    with pytest.raises(ValueError, match="at or below the entropy of N"):
+        implied_pixel_variance(S, floor_entropy(S, eps) - 1, eps, R)
 
 
 def test_paper_profile_carries_the_papers_hyperparameters():
@@ -18,7 +54,7 @@ def test_paper_profile_carries_the_papers_hyperparameters():
 
 def test_model_specific_targets():
     assert get_config("celeba", "quick", "beta").target_entropy((3, 54, 44)) is None
-    assert get_config("celeba", "quick", "sos_learned_diag").entropy_budget is None
+    assert get_config("celeba", "quick", "sos_learned_diag").target_entropy_at is None
     assert get_config("celeba", "quick", "distribution").target_kl is None
 
 

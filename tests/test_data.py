@@ -386,10 +386,17 @@ def test_lfw_is_the_bundled_default(monkeypatch):
     monkeypatch.delenv(D.ENV_DATA_ROOT, raising=False)
     assert D.find_dataset_dir("lfw") is None
     sp = load_splits("lfw", progress=False)
-    assert [len(sp[s]) for s in ("train", "val", "test")] == [140, 40, 20]
+    # the 100 faces of lfw_subset (its other 100 images are background patches)
+    assert [len(sp[s]) for s in ("train", "val", "test")] == [70, 20, 10]
     ds = sp["train"]
     assert ds.images.dtype == torch.uint8 and ds.image_shape == (1, 25, 25)
-    assert not ds.flip  # lfw does not flip by default
+    assert ds.flip  # faces are flipped for training, like CelebA
+    from skimage.data import lfw_subset
+    faces = torch.from_numpy(lfw_subset()[:100])
+    picked = torch.cat([sp[s].images[:, 0].float() / 255 for s in ("train", "val", "test")])
+    # every picked image is one of the faces, none is a non-face patch
+    nearest = torch.cdist(picked.flatten(1), torch.from_numpy(lfw_subset()).float().flatten(1)).argmin(1)
+    assert (nearest < 100).all() and len(set(nearest.tolist())) == 100
     x = ds[0]
     assert x.shape == (1, 25, 25) and 0.0 <= x.min() <= x.max() <= 1.0
     assert load_dataset("lfw", split="all", image_size=(32, 32), progress=False).image_shape == (1, 32, 32)

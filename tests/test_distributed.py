@@ -37,7 +37,7 @@ from sosvae_core.train import ObjectiveTerms, Trainer, build_model
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_ddp_worker.py"
 # both multipliers become active within the run (λ_H from about step 18)
-SETTINGS = ["norm=group", "epochs=3", "lr=1e-3", "target_kl=2.0", "entropy_budget=5.0", "checkpoint_every=4"]
+SETTINGS = ["norm=group", "epochs=3", "lr=1e-3", "target_kl=2.0", "target_entropy_at=(625, -2700.0)", "checkpoint_every=4"]
 STEPS = 42  # 3 epochs of 14 batches of 10 (140 training images)
 TIMEOUT = 300
 

@@ -64,7 +64,7 @@ def test_recovers_the_covariance_subspace_of_low_rank_data(model, tmp_path):
     # to ξ_H and inflate P past the data's covariance. The VAE gets almost no latent
     # capacity (ξ_KL = 0.5 nats), so P must carry the covariance at every z.
     cfg = get_config("lfw", "smoke", model=model, rank=2, epochs=30, pretrain_epochs=2, lr=1e-2,
-                     batch_size=50, target_kl=0.5, entropy_budget=None)
+                     batch_size=50, target_kl=0.5, target_entropy_at=None)
     fitted = Trainer(cfg, tmp_path, datasets=data, progress=False, tensorboard=False).fit().eval()
     if model == "distribution":
         factors = fitted.cov_factor.detach()[None]

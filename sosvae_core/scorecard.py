@@ -1,0 +1,372 @@
+"""The paper's claims as numbers: ours next to the paper's, each with a pass rule fixed
+before the run (notebook 11 and `run_all.sh`).
+
+| # | claim (paper section) | measure | pass rule |
+|---|---|---|---|
+| 1 | β-VAE's sample − mean is pixel noise, SOS-VAE's is spatially coherent (Figs. 1–2) | neighbour correlation of sample − mean | abs(β) < 0.1 and SOS > 0.5 |
+| 2 | SOS-VAE's average per-pixel variance is 0.0322 on CelebA (App. A) | mean of diag(PPᵀ) + ε over 64 prior z | within 2× of 0.0322 |
+| 3 | SOS samples beat β-VAE samples and are no worse than β-VAE means (Table 1) | FID, same N | SOS samples < β samples and ≤ β means |
+| 4 | SOS-VAE beats Dorta et al. on 64×64 gray, means and samples (Table 1) | FID, same N | SOS < Dorta for both |
+| 5 | the covariance to the central pixel follows image structure (Fig. 2) | region contrast of the correlation map | median ≥ 0.3 |
+| 6 | slerp between samples is smooth and ends on the samples (Fig. 4) | corner error, largest / average step | ≤ 1e-5 and ≤ 2 |
+| 7 | an edit recolours regions, not the whole image (Fig. 6) | propagation and unchanged fraction | ≥ 0.1 and ≥ 0.25 for every edit |
+| 8 | the distribution-only model is as expressive as a 25-component PCA (Fig. 7) | held-out projection MSE | ≤ 1.2 × PCA's |
+| 9 | without εI and ξ_H the variance explodes (App. A: 11.76 against 0.0322) | average variance ratio | ≥ 10 |
+
+Measures 5 and 7 are defined here so that the failure they guard against fails them:
+
+- **Region contrast** (claim 5). ρ_j = Σ_ij / √(Σ_ii Σ_jj) is the correlation of every
+  pixel with the central pixel i. The *region* of i is the set of pixels whose mean
+  colour is within τ = 0.1 (RMS over channels, images in [0, 1]) of the mean colour at
+  i: for a central pixel of a face, the skin. The contrast is the average ρ inside the
+  region minus the average outside. A single global component makes ρ ≈ 1 everywhere
+  (contrast ≈ 0); covariance that follows the face gives ρ high on the face and low on
+  hair and background. A mean with no regions (a uniform grey box: region < 5 % or
+  > 95 % of the image) has no contrast to measure and fails.
+- **Edit locality** (claim 7). d_j = RMS over channels of (conditional mean − mean) at
+  each unedited pixel, p95 its 95th percentile and s the RMS change on the edited
+  pixels. *Propagation* p95 / s says the edit spreads at all (β-VAE: 0); the
+  *unchanged fraction*, the share of unedited pixels with d_j < 0.2·p95, says that some
+  region stays. A global colour cast moves every pixel alike (unchanged ≈ 0); the
+  authors' hair edit leaves the face, their forehead edit leaves hair and background.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+PAPER_PIXEL_VARIANCE = 0.0322  # App. A: the stabilised CelebA model
+PAPER_PIXEL_VARIANCE_UNSTABILISED = 11.76  # App. A: learned D, no entropy bound
+
+# pass-rule thresholds, fixed before any run
+COHERENCE_NOISE_MAX = 0.1
+COHERENCE_STRUCTURED_MIN = 0.5
+VARIANCE_FACTOR = 2.0
+REGION_TAU = 0.1
+REGION_MIN_FRACTION = 0.05
+REGION_CONTRAST_MIN = 0.3
+SLERP_ENDPOINT_MAX = 1e-5
+SLERP_STEP_RATIO_MAX = 2.0
+EDIT_UNCHANGED_LEVEL = 0.2
+EDIT_PROPAGATION_MIN = 0.1
+EDIT_UNCHANGED_MIN = 0.25
+PCA_FACTOR = 1.2
+EXPLOSION_RATIO_MIN = 10.0
+
+RULES = {
+    1: f"abs(coherence β-VAE) < {COHERENCE_NOISE_MAX} and coherence SOS-VAE > {COHERENCE_STRUCTURED_MIN}",
+    2: f"{PAPER_PIXEL_VARIANCE / VARIANCE_FACTOR:.4f} ≤ mean per-pixel variance ≤ {PAPER_PIXEL_VARIANCE * VARIANCE_FACTOR:.4f}",
+    3: "FID SOS samples < FID β samples and FID SOS samples ≤ FID β means (same N)",
+    4: "FID SOS < FID Dorta et al., for means and for samples (same N)",
+    5: f"median region contrast ≥ {REGION_CONTRAST_MIN} (τ = {REGION_TAU})",
+    6: f"corner error ≤ {SLERP_ENDPOINT_MAX:g} and largest step ≤ {SLERP_STEP_RATIO_MAX} × the path's average step",
+    7: f"every edit: propagation ≥ {EDIT_PROPAGATION_MIN} and unchanged fraction ≥ {EDIT_UNCHANGED_MIN}",
+    8: f"projection MSE distribution-only ≤ {PCA_FACTOR} × PCA's",
+    9: f"average variance unstabilised ≥ {EXPLOSION_RATIO_MIN:g} × stabilised",
+}
+TITLES = {
+    1: "sample − mean: pixel noise (β-VAE) against spatially coherent (SOS-VAE)",
+    2: "SOS-VAE's average per-pixel variance",
+    3: "Table 1: SOS samples beat β-VAE samples and are no worse than β-VAE means",
+    4: "Table 1, 64×64 gray: SOS-VAE beats Dorta et al. (means and samples)",
+    5: "covariance to the central pixel follows image structure",
+    6: "slerp of ω_p is smooth and ends on the samples",
+    7: "an edit recolours regions, not the whole image",
+    8: "distribution-only model ≈ 25-component PCA",
+    9: "App. A: without εI and ξ_H the variance explodes",
+}
+
+
+# -- measures -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def prior_pixel_variance(model, n: int = 64, seed: int = 0) -> float:
+    """Average per-pixel variance of p(x|z) over n latent codes from the prior."""
+    from .figures import prior_z
+    device = next(model.parameters()).device
+    obs = model.decode(prior_z(model, n, seed).to(device))
+    return float(obs.variance.mean())
+
+
+@torch.no_grad()
+def correlation_to_pixel(obs, pixel_index: int) -> torch.Tensor:
+    """ρ_j = Σ_ij / √(Σ_ii Σ_jj) for every pixel value j: (B, S)."""
+    cov = obs.covariance_row(pixel_index)
+    var = obs.variance
+    return cov / (var * var[..., pixel_index:pixel_index + 1]).sqrt()
+
+
+def region_contrast(mean: torch.Tensor, correlation: torch.Tensor, pixel: Sequence[int],
+                    tau: float = REGION_TAU) -> float:
+    """Average correlation inside the pixel's region minus outside it (module docstring).
+
+    mean, correlation: (C, H, W); pixel: (h, w). NaN when the mean has no region to
+    speak of (the region or its complement holds < 5 % of the pixels).
+    """
+    h, w = pixel
+    mean, correlation = mean.double(), correlation.double()
+    distance = (mean - mean[:, h:h + 1, w:w + 1]).pow(2).mean(0).sqrt()
+    rho = correlation.mean(0)
+    region = distance <= tau
+    region[h, w] = False  # the pixel itself (ρ = 1) is neither inside nor outside
+    outside = distance > tau
+    fraction = region.double().mean()
+    if fraction < REGION_MIN_FRACTION or outside.double().mean() < REGION_MIN_FRACTION:
+        return float("nan")
+    return float(rho[region].mean() - rho[outside].mean())
+
+
+def edit_locality(mean: torch.Tensor, conditional: torch.Tensor, mask: torch.Tensor) -> Dict[str, float]:
+    """Propagation and unchanged fraction of one edit (module docstring).
+
+    mean, conditional: (C, H, W); mask: bool (C, H, W) or (H, W) of the edited pixels.
+    """
+    change = (conditional.double() - mean.double()).pow(2).mean(0).sqrt()
+    edited = mask if mask.dim() == 2 else mask.any(0)
+    stroke = float(change[edited].mean()) if edited.any() else 0.0
+    outside = change[~edited]
+    p95 = float(torch.quantile(outside, 0.95)) if outside.numel() else 0.0
+    if p95 <= 0 or stroke <= 0:
+        return {"propagation": 0.0, "unchanged_fraction": 1.0}
+    return {"propagation": p95 / stroke,
+            "unchanged_fraction": float((outside < EDIT_UNCHANGED_LEVEL * p95).double().mean())}
+
+
+def slerp_steps(grid: torch.Tensor) -> float:
+    """How uneven the steps of a slerp grid are: the largest step between neighbouring
+    cells over the average step along the same row or column (1: perfectly even).
+
+    grid: (n+2, n+2, C, H, W); a step is the mean |Δ| over pixels. A jump anywhere on
+    a path makes it large; slerp's constant angular speed keeps it near 1.
+    """
+    g = grid.double()
+    along_rows = (g[:, 1:] - g[:, :-1]).abs().mean(dim=(-3, -2, -1))  # (rows, n+1)
+    along_cols = (g[1:] - g[:-1]).abs().mean(dim=(-3, -2, -1)).T  # (cols, n+1)
+    steps = torch.cat([along_rows, along_cols])
+    return float((steps.max(1).values / steps.mean(1).clamp_min(1e-12)).max())
+
+
+# -- rules ----------------------------------------------------------------------------------------
+
+def _ok(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def check(claim: int, ours: dict) -> Optional[bool]:
+    """The pass rule of a claim applied to its measured numbers; None if not measured."""
+    verdict = _rule(claim, ours)
+    return None if verdict is None else bool(verdict)
+
+
+def _rule(claim: int, ours: dict):
+    try:
+        if claim == 1:
+            return abs(ours["coherence_beta"]) < COHERENCE_NOISE_MAX and ours["coherence_sos"] > COHERENCE_STRUCTURED_MIN
+        if claim == 2:
+            v = ours["pixel_variance"]
+            return PAPER_PIXEL_VARIANCE / VARIANCE_FACTOR <= v <= PAPER_PIXEL_VARIANCE * VARIANCE_FACTOR
+        if claim == 3:
+            return ours["sos_samples"] < ours["beta_samples"] and ours["sos_samples"] <= ours["beta_means"]
+        if claim == 4:
+            return ours["sos_means"] < ours["dorta_means"] and ours["sos_samples"] < ours["dorta_samples"]
+        if claim == 5:
+            return _ok(ours["median_contrast"]) and ours["median_contrast"] >= REGION_CONTRAST_MIN
+        if claim == 6:
+            return ours["corner_error"] <= SLERP_ENDPOINT_MAX and ours["step_ratio"] <= SLERP_STEP_RATIO_MAX
+        if claim == 7:
+            return all(e["propagation"] >= EDIT_PROPAGATION_MIN and e["unchanged_fraction"] >= EDIT_UNCHANGED_MIN
+                       for e in ours["edits"].values())
+        if claim == 8:
+            return ours["mse_ours"] <= PCA_FACTOR * ours["mse_pca"]
+        if claim == 9:
+            return ours["ratio"] >= EXPLOSION_RATIO_MIN
+    except (KeyError, TypeError):
+        return None
+    raise ValueError(f"unknown claim {claim}; the claims are {sorted(RULES)}")
+
+
+def row(claim: int, dataset: str, ours: dict, paper: str, note: str = "") -> dict:
+    """One scorecard line: the claim, ours, the paper's, the rule and the verdict."""
+    return {"claim": claim, "title": TITLES[claim], "dataset": dataset, "ours": ours, "paper": paper,
+            "rule": RULES[claim], "pass": check(claim, ours), "note": note}
+
+
+# -- the whole scorecard from a notebook context ------------------------------------------------
+
+def _median(values: List[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.median(finite)) if len(finite) * 2 > len(values) else float("nan")
+
+
+@torch.no_grad()
+def covariance_structure(model, images: torch.Tensor) -> dict:
+    """Claim 5 on encoded test images: region contrast of the central pixel's correlation."""
+    from .figures import centre_pixel
+    device = next(model.parameters()).device
+    obs = model.decode(model.encode(images.to(device)).loc)
+    shape = model.image_shape
+    centre = centre_pixel(shape)
+    rho = correlation_to_pixel(obs, centre).reshape(-1, *shape).cpu()
+    means = obs.mean.reshape(-1, *shape).cpu()
+    pixel = (shape[1] // 2, shape[2] // 2)
+    contrasts = [region_contrast(m, r, pixel) for m, r in zip(means, rho)]
+    return {"median_contrast": _median(contrasts), "n_images": len(contrasts),
+            "contrasts": [round(c, 4) for c in contrasts]}
+
+
+def slerp_claim(model, n_inner: int = 5, seed: int = 0) -> dict:
+    """Claim 6: corners of the slerp grid equal the corner samples; steps stay even."""
+    from .figures import prior_z, slerp_grid
+    z = prior_z(model, 1, seed)
+    grid, corners = slerp_grid(model, z, n=n_inner, seed=seed, return_corners=True)
+    got = torch.stack([grid[0, 0], grid[0, -1], grid[-1, 0], grid[-1, -1]])
+    return {"corner_error": float((got - corners).abs().max()), "step_ratio": slerp_steps(grid)}
+
+
+def editing_claim(model, edits: Dict[str, dict], component_scale: Optional[float], n_codes: int = 4,
+                  seed: int = 0) -> dict:
+    """Claim 7: each named edit alone, on n prior codes, with the figure's protocol
+    (median over the codes)."""
+    from .figures import edit_sequence, prior_z
+    z = prior_z(model, n_codes, seed)
+    per_edit = {}
+    for name in edits:
+        scores = []
+        for i in range(n_codes):
+            res = edit_sequence(model, z[i:i + 1], [name], sequential=False, edit_table=edits,
+                                component_scale=component_scale)
+            scores.append(edit_locality(res["mean"][0], res["conditional"][0], res["masks"][0]))
+        per_edit[name] = {k: float(np.median([s[k] for s in scores])) for k in scores[0]}
+    return {"edits": per_edit, "n_codes": n_codes}
+
+
+FACE_DATASETS = ("celeba", "lfw")  # the datasets the face claims (2, 7) are stated for
+
+
+def evaluate(ctx, n_images: int = 16) -> List[dict]:
+    """Measure every claim on the trained runs of a notebook context (trains what is missing).
+
+    The main dataset (CelebA, or the bundled faces) carries every claim; the brain slices
+    add claims 1, 3 and 5 when a data root is given; claim 4 runs on the gray dataset
+    that notebook 09 uses. FID numbers come from the runs' cache when notebooks 08 and
+    09 computed them already.
+    """
+    from . import fid
+    from .figures import (PAPER_EDIT_SCALE, PAPER_EDITS, compare_with_pca, fit_pca,
+                          observation_panel, spatial_coherence)
+    rows = []
+    main = ctx.dataset
+    datasets = [main] + (["brain"] if ctx.has_real_data and main != "brain" else [])
+    extractor = None
+
+    def table(models):
+        nonlocal extractor
+        if extractor is None:
+            extractor = fid.load_feature_extractor(device=next(next(iter(models.values())).parameters()).device)
+        got = fid.table1(models, extractor, data_root=ctx.data_root, cache_dir=ctx.cache_dir, seed=ctx.seed,
+                         progress=False)
+        return {r["model"]: r for r in got}
+
+    for dataset in datasets:
+        test = ctx.test_images(dataset, n_images)
+        beta, sos = ctx.model("beta", dataset=dataset), ctx.model("sos", dataset=dataset)
+        coherence = {}
+        for kind, model in (("beta", beta), ("sos", sos)):
+            with torch.no_grad():
+                z = model.encode(test.to(next(model.parameters()).device)).loc
+            coherence[f"coherence_{kind}"] = spatial_coherence(observation_panel(model, z, ctx.seed)["difference"])
+        rows.append(row(1, dataset, coherence, "β-VAE: uncorrelated pixel noise; SOS-VAE: spatially coherent "
+                                               "(Figs. 1–2, no number given)"))
+        by = table({(dataset, "beta"): beta, (dataset, "sos"): sos})
+        fids = {f"{k}_{w}": by[k][f"fid_{w}"] for k in ("beta", "sos") for w in ("means", "samples")}
+        fids["n"] = by["sos"]["n"]
+        paper = fid.PAPER_TABLE1.get((dataset, "sos")), fid.PAPER_TABLE1.get((dataset, "beta"))
+        paper_text = (f"SOS samples {paper[0][1]} < β samples {paper[1][1]}, β means {paper[1][0]} (N = 50,000)"
+                      if all(paper) else "—")
+        rows.append(row(3, dataset, fids, paper_text, f"N = {fids['n']} generated images"
+                        + ("; OASIS slices stand in for UK Biobank" if dataset == "brain" else "")))
+        cov = covariance_structure(sos, test)
+        rows.append(row(5, dataset, {"median_contrast": cov["median_contrast"], "n_images": cov["n_images"]},
+                        "Fig. 2: +cov. covers the face, −cov. faint on hair and background (no number given)"))
+
+    sos = ctx.model("sos")
+    if main in FACE_DATASETS:
+        rows.append(row(2, main, {"pixel_variance": prior_pixel_variance(sos, 64, ctx.seed)},
+                        f"{PAPER_PIXEL_VARIANCE} (CelebA 218×178, App. A)",
+                        "" if main == "celeba" else "the paper's number is for CelebA; the bundled faces stand in"))
+    gray = "celeba64_gray" if ctx.has_real_data else main
+    by = table({(gray, k): ctx.model(k, dataset=gray) for k in ("beta", "dorta", "sos")})
+    fids = {f"{k}_{w}": by[k][f"fid_{w}"] for k in ("dorta", "sos") for w in ("means", "samples")}
+    fids["n"] = by["sos"]["n"]
+    rows.append(row(4, gray, fids, "SOS 70.43 / 74.66 < Dorta 73.44 / 77.72 (means / samples, N = 50,000)",
+                    f"N = {fids['n']} generated images"))
+    rows.append(row(6, main, slerp_claim(sos, seed=ctx.seed), "Fig. 4: smooth transitions (no number given)"))
+    if main in FACE_DATASETS:
+        edits = PAPER_EDITS[main]
+        rows.append(row(7, main, editing_claim(sos, edits, PAPER_EDIT_SCALE, seed=ctx.seed),
+                        "Fig. 6 and the authors' editor: hair edit leaves the face, forehead edit leaves hair "
+                        "and background (no number given)",
+                        f"authors' protocol: components scaled to {PAPER_EDIT_SCALE}, one-pixel strokes "
+                        f"({', '.join(edits)}), median over 4 prior codes"))
+    dist = ctx.model("distribution")
+    train = ctx.splits()["train"].to_float()
+    pca = fit_pca(train, n_components=dist.rank, seed=ctx.seed)
+    numbers = compare_with_pca(dist, pca, ctx.test_images())
+    rows.append(row(8, main, {"mse_ours": numbers["recon_mse_ours"], "mse_pca": numbers["recon_mse_pca"]},
+                    "Fig. 7: little perceivable difference from PCA (no number given)"))
+    unstable = ctx.model("sos_learned_diag")
+    v_stable, v_unstable = prior_pixel_variance(sos, 64, ctx.seed), prior_pixel_variance(unstable, 64, ctx.seed)
+    cfg = unstable.config
+    rows.append(row(9, main, {"variance_stabilised": v_stable, "variance_unstabilised": v_unstable,
+                              "ratio": v_unstable / v_stable},
+                    f"{PAPER_PIXEL_VARIANCE_UNSTABILISED} against {PAPER_PIXEL_VARIANCE} "
+                    f"(ratio {PAPER_PIXEL_VARIANCE_UNSTABILISED / PAPER_PIXEL_VARIANCE:.0f}; 100 epochs)",
+                    f"unstabilised model trained {cfg.epochs} epochs"))
+    return sorted(rows, key=lambda r: (r["claim"], r["dataset"] != main))
+
+
+def format_scorecard(rows: List[dict]) -> str:
+    """Plain-text table for a terminal: claim, dataset, verdict, ours against the paper."""
+    lines = []
+    for r in rows:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[r["pass"]]
+        lines.append(f"{r['claim']:>2} {verdict} [{r['dataset']}] {r['title']}\n"
+                     f"        ours: {_ours_text(r)}\n        paper: {r['paper']}\n        rule: {r['rule']}"
+                     + (f"\n        note: {r['note']}" if r["note"] else ""))
+    passed = sum(r["pass"] is True for r in rows)
+    measured = sum(r["pass"] is not None for r in rows)
+    lines.append(f"{passed} of {measured} measured claims pass ({len(rows)} lines)")
+    return "\n".join(lines)
+
+
+def _ours_text(r: dict) -> str:
+    if "edits" in r["ours"]:
+        return "; ".join(f"{k}: propagation {v['propagation']:.2f}, unchanged {v['unchanged_fraction']:.2f}"
+                         for k, v in r["ours"]["edits"].items())
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in r["ours"].items() if not isinstance(v, (list, dict)))
+
+
+def markdown_scorecard(rows: List[dict]) -> str:
+    """The scorecard as a Markdown table (notebook 11)."""
+    lines = ["| # | claim | dataset | ours | paper | rule | pass |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        verdict = {True: "✅ pass", False: "❌ fail", None: "—"}[r["pass"]]
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"| {r['claim']} | {r['title']} | {r['dataset']} | {_ours_text(r)}{note} | {r['paper']} | "
+                     f"{r['rule']} | {verdict} |")
+    return "\n".join(lines)
+
+
+def save_scorecard(rows: List[dict], path, **provenance) -> None:
+    """scorecard.json: the rows with how they were made (profile, dataset, data root)."""
+    from .figures import save_json
+    save_json({"claims": rows, "passed": sum(r["pass"] is True for r in rows),
+               "measured": sum(r["pass"] is not None for r in rows),
+               **{k: (str(v) if v is not None else None) for k, v in provenance.items()}}, path)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,170 @@
+"""The scorecard's measures and rules on synthetic cases, and against dense float64 references."""
+import math
+
+import pytest
+import torch
+
+from sosvae_core import figures, scorecard as sc
+from sosvae_core.likelihood import LowRankNormal
+
+C, H, W = 1, 12, 10
+
+
+def face_image():
+    """A bright 'face' ellipse in the centre on a dark background, (C, H, W)."""
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    face = ((yy - H / 2) / (H / 3)) ** 2 + ((xx - W / 2) / (W / 3)) ** 2 <= 1
+    return face, torch.where(face, 0.8, 0.2).to(torch.float64).expand(C, H, W).clone()
+
+
+def distribution(columns, mean):
+    P = torch.stack([c.flatten() for c in columns], dim=-1).unsqueeze(0)
+    return LowRankNormal(mean.flatten().unsqueeze(0), P, 1e-5)
+
+
+def test_correlation_to_pixel_matches_a_dense_reference():
+    torch.manual_seed(0)
+    obs = LowRankNormal(torch.rand(2, 30, dtype=torch.float64), torch.randn(2, 30, 4, dtype=torch.float64),
+                        torch.rand(2, 30, dtype=torch.float64) + 0.1)
+    dense = obs.covariance_matrix
+    i = 7
+    want = dense[:, i, :] / (dense.diagonal(dim1=-2, dim2=-1) * dense[:, i, i:i + 1]).sqrt()
+    torch.testing.assert_close(sc.correlation_to_pixel(obs, i), want)
+
+
+def test_a_single_global_component_fails_the_structure_rule():
+    face, mean = face_image()
+    brightness = torch.ones(C, H, W, dtype=torch.float64) * 0.3  # the whole image brighter or darker
+    obs = distribution([brightness], mean)
+    centre = figures.centre_pixel((C, H, W))
+    rho = sc.correlation_to_pixel(obs, centre).reshape(C, H, W)
+    contrast = sc.region_contrast(mean, rho, (H // 2, W // 2))
+    assert abs(contrast) < 0.01
+    assert sc.check(5, {"median_contrast": contrast}) is False
+
+
+def test_covariance_that_follows_the_face_passes_the_structure_rule():
+    face, mean = face_image()
+    on_face = torch.where(face, 0.3, 0.0).to(torch.float64).expand(C, H, W)
+    on_background = torch.where(face, 0.0, 0.3).to(torch.float64).expand(C, H, W)
+    obs = distribution([on_face, on_background], mean)
+    rho = sc.correlation_to_pixel(obs, figures.centre_pixel((C, H, W))).reshape(C, H, W)
+    contrast = sc.region_contrast(mean, rho, (H // 2, W // 2))
+    assert contrast > 0.99
+    assert sc.check(5, {"median_contrast": contrast}) is True
+
+
+def test_a_mean_without_regions_has_no_contrast_and_fails():
+    grey = torch.full((C, H, W), 0.5, dtype=torch.float64)
+    rho = torch.rand(C, H, W, dtype=torch.float64)
+    assert math.isnan(sc.region_contrast(grey, rho, (H // 2, W // 2)))
+    assert sc.check(5, {"median_contrast": float("nan")}) is False
+
+
+def _edit(mean, change, stroke):
+    conditional = mean + change
+    conditional[:, stroke] = mean[:, stroke] - 0.4  # the stroke itself
+    mask = torch.zeros(C, H, W, dtype=torch.bool)
+    mask[:, stroke] = True
+    return sc.edit_locality(mean, conditional, mask)
+
+
+def test_a_global_colour_cast_fails_the_locality_rule_and_a_regional_edit_passes():
+    face, mean = face_image()
+    stroke = torch.zeros(H, W, dtype=torch.bool)
+    stroke[1, 4:6] = True
+    # global cast: every pixel moves by about the same amount (a gentle gradient)
+    cast = 0.2 + 0.05 * torch.linspace(0, 1, W, dtype=torch.float64).expand(C, H, W)
+    glob = _edit(mean, cast, stroke)
+    assert glob["propagation"] > 0.1 and glob["unchanged_fraction"] < 0.05
+    assert sc.check(7, {"edits": {"hair": glob}}) is False
+    # regional: the background (hair) darkens, the face stays, as in the authors' editor
+    regional = _edit(mean, torch.where(face, 0.0, -0.25).to(torch.float64).expand(C, H, W).clone(), stroke)
+    assert regional["propagation"] > 0.5 and regional["unchanged_fraction"] > 0.3
+    assert sc.check(7, {"edits": {"hair": regional}}) is True
+    # no propagation at all (a pixel-independent model) fails too
+    none = _edit(mean, torch.zeros(C, H, W, dtype=torch.float64), stroke)
+    assert none["propagation"] == 0.0
+    assert sc.check(7, {"edits": {"hair": none}}) is False
+    assert sc.check(7, {"edits": {"hair": regional, "forehead": glob}}) is False
+
+
+def test_slerp_steps_of_an_even_grid_and_of_a_jump():
+    t = torch.linspace(0, 1, 7, dtype=torch.float64)
+    grid = (t[None, :] + 0.5 * t[:, None])[..., None, None, None].expand(7, 7, 1, 2, 2)  # even along both axes
+    assert sc.slerp_steps(grid) == pytest.approx(1.0, rel=1e-9)
+    jump = grid.clone()
+    jump[:, 4:] += 0.5  # one large step in every row
+    assert sc.slerp_steps(jump) > sc.SLERP_STEP_RATIO_MAX
+
+
+def test_slerp_grid_corners_are_the_corner_samples_and_steps_are_even():
+    from sosvae_core.networks import VAE
+    torch.manual_seed(0)
+    model = VAE((3, 8, 6), "sos", latent_dim=3, rank=25, channels=(4, 8), blocks=1).eval()
+    with torch.no_grad():
+        model.head.factor.weight.normal_(0, 0.1)
+    out = sc.slerp_claim(model, n_inner=5)
+    assert out["corner_error"] <= 1e-6
+    assert sc.check(6, out) is True
+
+
+def test_rules_of_the_numeric_claims():
+    assert sc.check(1, {"coherence_beta": 0.01, "coherence_sos": 0.9}) is True
+    assert sc.check(1, {"coherence_beta": 0.3, "coherence_sos": 0.9}) is False
+    assert sc.check(2, {"pixel_variance": 0.0322}) is True
+    assert sc.check(2, {"pixel_variance": 0.07}) is False and sc.check(2, {"pixel_variance": 0.015}) is False
+    fids = {"beta_means": 121.65, "beta_samples": 196.40, "sos_means": 132.93, "sos_samples": 104.62}
+    assert sc.check(3, fids) is True  # the paper's own numbers pass
+    assert sc.check(3, dict(fids, sos_samples=130.0)) is False
+    gray = {"dorta_means": 73.44, "dorta_samples": 77.72, "sos_means": 70.43, "sos_samples": 74.66}
+    assert sc.check(4, gray) is True
+    assert sc.check(4, dict(gray, sos_means=75.0)) is False
+    assert sc.check(8, {"mse_ours": 0.0144, "mse_pca": 0.0142}) is True
+    assert sc.check(8, {"mse_ours": 0.02, "mse_pca": 0.0142}) is False
+    assert sc.check(9, {"ratio": 11.76 / 0.0322}) is True and sc.check(9, {"ratio": 1.4}) is False
+    assert sc.check(3, {}) is None  # not measured
+    with pytest.raises(ValueError, match="unknown claim 10"):
+        sc.check(10, {})
+
+
+def test_every_claim_has_a_title_and_a_rule_and_formats():
+    assert set(sc.RULES) == set(sc.TITLES) == set(range(1, 10))
+    rows = [sc.row(2, "celeba", {"pixel_variance": 0.03}, "0.0322"),
+            sc.row(7, "celeba", {"edits": {"hair": {"propagation": 1.0, "unchanged_fraction": 0.5}}}, "—"),
+            sc.row(4, "celeba64_gray", {}, "—")]
+    text = sc.format_scorecard(rows)
+    assert "PASS" in text and "n/a" in text and "2 of 2 measured claims pass" in text
+    md = sc.markdown_scorecard(rows)
+    assert md.count("\n") == len(rows) + 1 and "unchanged 0.50" in md
+
+
+def test_scaled_edit_equals_the_conditional_mean_of_the_scaled_distribution():
+    """The authors' editing protocol: condition N(μ, (aP)(aP)ᵀ + εI) on the edit, dense float64."""
+    torch.manual_seed(1)
+
+    class Fixed(torch.nn.Module):  # decodes every z to one float64 N(μ, PPᵀ + εI)
+        image_shape = (3, 6, 5)
+
+        def __init__(self):
+            super().__init__()
+            self.loc = torch.nn.Parameter(torch.rand(1, 90, dtype=torch.float64))
+            self.factor = torch.nn.Parameter(0.2 * torch.randn(1, 90, 4, dtype=torch.float64))
+
+        def decode(self, z):
+            return LowRankNormal(self.loc, self.factor, 1e-5)
+
+    model = Fixed()
+    table = {"dot": dict(stroke=(0.5, 0.5, 0.5, 0.5), colour=(0.1, 0.2, 0.9), width=0.01)}
+    z = torch.randn(1, 3, dtype=torch.float64)
+    out = figures.edit_sequence(model, z, ["dot"], edit_table=table, component_scale=0.03)
+    obs = model.decode(z)
+    mu, P = obs.loc[0], 0.03 * obs.cov_factor[0]
+    sigma = P @ P.T + 1e-5 * torch.eye(P.shape[0], dtype=torch.float64)
+    m = out["masks"][0].flatten()
+    b = out["edited"][0].flatten()[m]
+    want = mu.clone()
+    want[~m] = mu[~m] + sigma[~m][:, m] @ torch.linalg.solve(sigma[m][:, m], b - mu[m])
+    want[m] = b
+    torch.testing.assert_close(out["conditional"][0].flatten(), want, rtol=1e-6, atol=1e-7)  # SVD via the Gram matrix
+    assert m.sum() == 6  # the two pixels nearest the point, all three channels
