@@ -36,8 +36,8 @@ unevenly, and its mean variance is larger (the paper reports 0.0322 on CelebA).
 
 The UK Biobank slice size is not recorded in the paper or its code, so −198906 cannot
 be rescaled exactly; for the OASIS slices we use the 64×64 gray anchor (a single-
-channel image, v − ε = 0.00338) with the UKBB ξ_KL = 15. The bundled faces stand in
-for CelebA in the default run and use the CelebA anchor.
+channel image, v − ε = 0.00338) with the UKBB ξ_KL = 15. The bundled portraits and
+LFW faces stand in for CelebA in the default run and use the CelebA anchor.
 """
 from __future__ import annotations
 
@@ -183,8 +183,14 @@ EXPERIMENTS = {
         quick=dict(image_size=(52, 44), n_images=2000, epochs=16, **QUICK_NET),
         smoke=dict(image_size=(26, 22), n_images=60, epochs=3, batch_size=10, **SMOKE_NET),
     ),
-    # the bundled default (the 100 gray 25×25 faces of scikit-image's LFW subset): no
-    # download. 70 training faces: batch 10, so that an epoch is 7 steps, not 2.
+    # the bundled default: synthetic 44×36 RGB portraits standing in for CelebA (no download)
+    "portraits": dict(
+        dataset="portraits", target_kl=45.0, target_entropy_at=CELEBA_ENTROPY, n_images=2000,
+        paper=dict(**PRETRAIN),
+        quick=dict(epochs=16, **QUICK_NET),
+        smoke=dict(n_images=60, epochs=3, batch_size=10, **SMOKE_NET),
+    ),
+    # bundled too: the 100 gray 25×25 faces of scikit-image's LFW subset (no download). 70 training faces: batch 10, so that an epoch is 7 steps, not 2.
     "lfw": dict(
         dataset="lfw", target_kl=15.0, target_entropy_at=CELEBA_ENTROPY, n_images=100, fid_n=100,
         paper=dict(epochs=400, batch_size=10, pretrain_epochs=40, pretrain_min_improvement=0.05),

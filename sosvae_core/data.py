@@ -23,8 +23,13 @@ Datasets (see :data:`DATASETS`)
     176x208 (WxH) -> 1x208x176. Every slice must have that size unless
     ``image_size`` is given, in which case every slice is resized. Flipped for
     training, like the public SOS-VAE brain loader.
+``portraits``
+    The bundled default that needs no download: synthetic aligned portraits
+    (``sosvae_core.portraits``, 4000 drawn from a fixed seed) -> uint8 3x44x36,
+    flipped for training. Regions (skin, hair, background, clothes) vary in colour
+    independently, the structure the paper's claims are about.
 ``lfw``
-    Bundled default that needs no download: the 100 faces of
+    Bundled, no download: the 100 faces of
     ``skimage.data.lfw_subset()`` (grayscale 25x25 face crops) -> uint8 1x25x25,
     flipped for training. The subset's other 100 images are background patches
     (non-faces) and are left out: a face model trained on both learns a blur of faces
@@ -217,6 +222,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "lfw": DatasetSpec(
         name="lfw", channels=1, height=25, width=25, flip=True,
         transform_description="skimage lfw_subset faces [0:100] 25x25 gray, round(x*255)",
+        bundled=True,
+    ),
+    "portraits": DatasetSpec(
+        name="portraits", channels=3, height=44, width=36, flip=True,
+        transform_description="sosvae_core.portraits.render v2, 44x36 rgb",
         bundled=True,
     ),
 }
@@ -423,9 +433,17 @@ def _lfw_images() -> torch.Tensor:
     return torch.from_numpy(np.rint(np.clip(faces, 0.0, 1.0) * 255.0).astype(np.uint8)[:, None])
 
 
+def _bundled_images(name: str) -> torch.Tensor:
+    if name == "portraits":
+        from .portraits import render
+        return torch.from_numpy(render())
+    return _lfw_images()
+
+
 def _resize_tensor_images(images: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     # Bundled images are already a tensor: resize each via PIL, like the folder path.
-    out = [_to_chw(_resize(Image.fromarray(img[0].numpy()), image_size)) for img in images]
+    pil = lambda img: Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy())
+    out = [_to_chw(_resize(pil(img), image_size)) for img in images]
     return torch.from_numpy(np.stack(out))
 
 
@@ -652,13 +670,13 @@ def _decode_subset(
     gen = torch.Generator().manual_seed(int(seed))
 
     if spec.bundled:
-        images = _lfw_images()
+        images = _bundled_images(spec.name)
         pick = torch.randperm(images.shape[0], generator=gen)[: min(want, images.shape[0])]
         pick = sorted(pick.tolist())
         images = images[pick]
         if image_size is not None:
             images = _resize_tensor_images(images, image_size)
-        return images, [f"lfw_subset[{i}]" for i in pick], [], gen, None
+        return images, [f"{spec.name}[{i}]" for i in pick], [], gen, None
 
     root = resolve_data_root(data_root)
     if root is not None and root.is_file():  # a packed subset (see pack_dataset)

@@ -264,6 +264,11 @@ PAPER_EDITS = {
         "hair": dict(stroke=(0.14, 0.46, 0.17, 0.54), colour=(0.08, 0.06, 0.05), width=0.01),
         "forehead": dict(stroke=(0.37, 0.45, 0.39, 0.52), colour=(0.55, 0.40, 0.32), width=0.01),
     },
+    # the bundled portraits (44×36): the crown of the hair, and the forehead below the fringe
+    "portraits": {
+        "hair": dict(stroke=(0.2, 0.45, 0.2, 0.55), colour=(0.08, 0.06, 0.05), width=0.01),
+        "forehead": dict(stroke=(0.4, 0.45, 0.4, 0.55), colour=(0.55, 0.40, 0.32), width=0.01),
+    },
     # the bundled LFW crops are tighter: the top rows are hair, the forehead just below
     "lfw": {
         "hair": dict(stroke=(0.02, 0.4, 0.02, 0.6), colour=(0.08, 0.06, 0.05), width=0.01),

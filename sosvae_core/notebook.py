@@ -76,11 +76,11 @@ class NotebookContext:
 def setup(profile: str = "quick", dataset: Optional[str] = None, data_root=None, device: str = "auto",
           output_dir=None, seed: int = 0, runs_dir=None) -> NotebookContext:
     """Resolve a notebook's parameters. dataset=None: CelebA when a data root is given
-    (argument or $SOSVAE_DATA_ROOT), else the bundled LFW faces."""
+    (argument or $SOSVAE_DATA_ROOT), else the bundled synthetic portraits."""
     root = resolve_data_root(data_root)
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"data root {root} does not exist; pass data_root=... or set SOSVAE_DATA_ROOT")
-    dataset = dataset or ("celeba" if root is not None else "lfw")
+    dataset = dataset or ("celeba" if root is not None else "portraits")
     output_dir = Path(output_dir or "outputs")
     output_dir.mkdir(parents=True, exist_ok=True)
     runs = Path(runs_dir or os.environ.get("SOSVAE_RUNS_DIR") or output_dir.parent / "runs")

@@ -243,7 +243,7 @@ def editing_claim(model, edits: Dict[str, dict], component_scale: Optional[float
     return {"edits": per_edit, "n_codes": n_codes}
 
 
-FACE_DATASETS = ("celeba", "lfw")  # the datasets the face claims (2, 7) are stated for
+FACE_DATASETS = ("celeba", "portraits", "lfw")  # the datasets the face claims (2, 7) are stated for
 
 
 def evaluate(ctx, n_images: int = 16) -> List[dict]:
@@ -296,7 +296,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
     if main in FACE_DATASETS:
         rows.append(row(2, main, {"pixel_variance": prior_pixel_variance(sos, 64, ctx.seed)},
                         f"{PAPER_PIXEL_VARIANCE} (CelebA 218×178, App. A)",
-                        "" if main == "celeba" else "the paper's number is for CelebA; the bundled faces stand in"))
+                        "" if main == "celeba" else f"the paper's number is for CelebA; {main} stands in"))
     gray = "celeba64_gray" if ctx.has_real_data else main
     by = table({(gray, k): ctx.model(k, dataset=gray) for k in ("beta", "dorta", "sos")})
     fids = {f"{k}_{w}": by[k][f"fid_{w}"] for k in ("dorta", "sos") for w in ("means", "samples")}

@@ -49,6 +49,37 @@ def test_mean_only_pretraining_freezes_the_covariance(lfw, tmp_path):
     assert not torch.equal(mean_before, tr.model.head.mean.bias)
 
 
+def test_pretraining_ends_when_the_validation_nll_levels_off(lfw, tmp_path):
+    cfg = smoke("sos", epochs=3, pretrain_epochs=20, pretrain_min_improvement=0.05)
+    tr = Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False)
+    # a slow start is no plateau; neither is one noisy epoch; a flat tail over 3 epochs is
+    for nll in [100.0, 99.5, 90.0, 60.0, 61.0, 40.0, 35.0, 34.0]:
+        tr._update_pretrain(nll)
+        assert not tr.pretrain_done, nll
+    tr._update_pretrain(33.5)  # the last 3 epochs gained 0.5/epoch < 5 % of the 66.5 gained
+    assert tr.pretrain_done
+    # the decision and the history survive a checkpoint
+    tr.save_checkpoint()
+    again = Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False)
+    again.load_checkpoint()
+    assert again.pretrain_done and again.pretrain_val_nll == tr.pretrain_val_nll
+    # without a tolerance, pre-training always runs its full count
+    plain = Trainer(smoke("sos", pretrain_epochs=5), tmp_path / "b", datasets=lfw, progress=False, tensorboard=False)
+    for nll in [10.0, 10.0, 10.0, 10.0, 10.0]:
+        plain._update_pretrain(nll)
+    assert not plain.pretrain_done
+
+
+def test_pretraining_stops_early_in_a_real_run(lfw, tmp_path):
+    cfg = smoke("sos", epochs=12, pretrain_epochs=10, pretrain_min_improvement=0.5)
+    Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False).fit()
+    rows = epochs_log(tmp_path)
+    flags = [float(r["pretrain"]) for r in rows]
+    used = int(sum(flags))
+    assert flags == [1.0] * used + [0.0] * (len(rows) - used)  # one block, then the covariance
+    assert 4 <= used < 10  # at least the window + 1 epochs, and before the cap
+
+
 def principal_angles_deg(A, B):
     qa, _ = torch.linalg.qr(A.double())
     qb, _ = torch.linalg.qr(B.double())
