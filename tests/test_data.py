@@ -461,3 +461,22 @@ def test_packed_dataset_gives_the_same_splits(celeba_root, tmp_path):
     junk.write_bytes(b"not a tensor")
     with pytest.raises(DataError, match="not a readable packed dataset"):
         load_splits("celeba64_gray", data_root=junk, n_images=12, seed=3, progress=False)
+
+
+def test_portraits_are_the_bundled_default_and_deterministic(monkeypatch):
+    from sosvae_core import portraits
+    monkeypatch.delenv(D.ENV_DATA_ROOT, raising=False)
+    a, b = portraits.render(12, seed=3), portraits.render(12, seed=3)
+    assert a.dtype == np.uint8 and a.shape == (12, 3, portraits.HEIGHT, portraits.WIDTH)
+    assert np.array_equal(a, b) and not np.array_equal(a, portraits.render(12, seed=4))
+    sp = load_splits("portraits", n_images=200, progress=False)
+    assert [len(sp[s]) for s in ("train", "val", "test")] == [140, 40, 20]
+    assert sp["train"].image_shape == (3, 44, 36) and sp["train"].flip
+    # the corners are background, the centre is face: they vary independently across portraits
+    x = torch.cat([sp[s].images for s in ("train", "val", "test")]).float() / 255
+    corner, centre = x[:, :, 1, 1], x[:, :, 22, 18]
+    r = torch.corrcoef(torch.stack([corner[:, 0], centre[:, 0]]))[0, 1]
+    assert abs(float(r)) < 0.3 and corner.std(0).min() > 0.1
+    # colour images resize through the same path as gray ones
+    small = load_dataset("portraits", split="all", n_images=10, image_size=(22, 18), progress=False)
+    assert small.image_shape == (3, 22, 18)
