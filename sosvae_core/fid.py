@@ -608,7 +608,6 @@ PAPER_TABLE1 = {
     ("celeba64_gray", "dorta"): (73.44, 77.72),
     ("celeba64_gray", "sos"): (70.43, 74.66),
 }
-PAPER_TABLE1_N = 50_000
 MODEL_NAMES = {"beta": "β-VAE", "sos": "SOS-VAE", "dorta": "Dorta et al.", "distribution": "distribution-only"}
 
 

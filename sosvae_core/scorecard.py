@@ -246,6 +246,12 @@ def editing_claim(model, edits: Dict[str, dict], component_scale: Optional[float
 FACE_DATASETS = ("celeba", "portraits", "lfw")  # the datasets the face claims (2, 7) are stated for
 
 
+def gray_dataset(ctx) -> str:
+    """The 64×64 gray comparison with Dorta et al. (notebook 09): CelebA 64×64 gray with a
+    data root, else the bundled gray LFW faces (the gray rows are stated for faces)."""
+    return "celeba64_gray" if ctx.has_real_data else "lfw"
+
+
 def evaluate(ctx, n_images: int = 16) -> List[dict]:
     """Measure every claim on the trained runs of a notebook context (trains what is missing).
 
@@ -297,7 +303,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
         rows.append(row(2, main, {"pixel_variance": prior_pixel_variance(sos, 64, ctx.seed)},
                         f"{PAPER_PIXEL_VARIANCE} (CelebA 218×178, App. A)",
                         "" if main == "celeba" else f"the paper's number is for CelebA; {main} stands in"))
-    gray = "celeba64_gray" if ctx.has_real_data else main
+    gray = gray_dataset(ctx)
     by = table({(gray, k): ctx.model(k, dataset=gray) for k in ("beta", "dorta", "sos")})
     fids = {f"{k}_{w}": by[k][f"fid_{w}"] for k in ("dorta", "sos") for w in ("means", "samples")}
     fids["n"] = by["sos"]["n"]
