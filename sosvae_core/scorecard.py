@@ -366,6 +366,25 @@ def markdown_scorecard(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_scorecard(rows: List[dict], title: str = ""):
+    """The scorecard as a figure: one line per claim and dataset, green pass, red fail."""
+    import matplotlib.pyplot as plt
+    colours = {True: "#c8e6c9", False: "#ffcdd2", None: "#eeeeee"}
+    cells = [[str(r["claim"]), r["dataset"], r["title"], {True: "pass", False: "fail", None: "—"}[r["pass"]]]
+             for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 0.8))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=["#", "dataset", "claim", "verdict"], loc="center",
+                     cellLoc="left", colWidths=[0.04, 0.13, 0.73, 0.1],
+                     cellColours=[["white"] * 3 + [colours[r["pass"]]] for r in rows])
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.25)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def save_scorecard(rows: List[dict], path, **provenance) -> None:
     """scorecard.json: the rows with how they were made (profile, dataset, data root)."""
     from .figures import save_json

@@ -37,8 +37,8 @@ from sosvae_core.train import ObjectiveTerms, Trainer, build_model
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_ddp_worker.py"
 # both multipliers become active within the run (λ_H from about step 18)
-SETTINGS = ["norm=group", "epochs=3", "lr=1e-3", "target_kl=2.0", "target_entropy_at=(625, -2700.0)", "checkpoint_every=4"]
-STEPS = 42  # 3 epochs of 14 batches of 10 (140 training images)
+SETTINGS = ["norm=group", "epochs=6", "lr=1e-3", "target_kl=2.0", "target_entropy_at=(625, -2700.0)", "checkpoint_every=4"]
+STEPS = 42  # 6 epochs of 7 batches of 10 (70 training faces)
 TIMEOUT = 300
 
 
@@ -152,9 +152,9 @@ def test_torchrun_resume_after_interruption_gives_identical_weights(tmp_path):
     cli = ["-m", "sosvae_core", "train", "--device", "cpu", "--no-progress"]  # gloo, also on a GPU host
     out = run(cli + ["--config", "lfw", "--profile", "smoke", "--run-dir", tmp_path / "cut",
                      "--max-steps", "19", "--set", *SETTINGS], tmp_path, world=2)
-    assert "stopped at epoch 1, step 19" in out  # mid-epoch, after a periodic checkpoint at 16
+    assert "stopped at epoch 2, step 19" in out  # mid-epoch, after a periodic checkpoint at 16
     out = run(cli + ["--resume", tmp_path / "cut"], tmp_path, world=2)
-    assert f"finished: epoch 3, step {STEPS}" in out
+    assert f"finished: epoch 6, step {STEPS}" in out
 
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
     resumed = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)

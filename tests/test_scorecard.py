@@ -137,6 +137,9 @@ def test_every_claim_has_a_title_and_a_rule_and_formats():
     assert "PASS" in text and "n/a" in text and "2 of 2 measured claims pass" in text
     md = sc.markdown_scorecard(rows)
     assert md.count("\n") == len(rows) + 1 and "unchanged 0.50" in md
+    fig = sc.plot_scorecard(rows, "t")
+    cells = fig.axes[0].tables[0].get_celld()
+    assert [cells[(i + 1, 3)].get_text().get_text() for i in range(3)] == ["pass", "pass", "—"]
 
 
 def test_scaled_edit_equals_the_conditional_mean_of_the_scaled_distribution():

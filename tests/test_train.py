@@ -21,7 +21,7 @@ def epochs_log(run_dir):
 
 
 def smoke(model, **kw):
-    kw.setdefault("epochs", 4)
+    kw.setdefault("epochs", 8)  # 56 steps: 8 epochs of 7 batches of the 70 training faces
     kw.setdefault("pretrain_epochs", 1)
     return get_config("lfw", "smoke", model=model, lr=1e-3, **kw)
 
