@@ -107,8 +107,9 @@ class Config:
     # optimisation
     epochs: int = 100
     pretrain_epochs: int = 1  # mean-only pre-training (Section 3.3), at most this many epochs
-    # stop pre-training early once an epoch improves the validation NLL by less than this
-    # fraction of the improvement since the first epoch (levelled off); None: always the cap
+    # stop pre-training early once, over the last 3 epochs, the validation NLL improved per
+    # epoch by less than this fraction of the improvement since the first (levelled off);
+    # None: always the cap (Trainer._update_pretrain)
     pretrain_min_improvement: Optional[float] = None
     batch_size: int = 25
     lr: float = 1e-4

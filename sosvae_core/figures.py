@@ -320,7 +320,8 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
         if not isinstance(obs, LowRankNormal):
             raise ValueError(f"component_scale needs a low-rank observation model, not {type(obs).__name__}; "
                              f"use component_scale=None")
-        obs = obs.scale_components(torch.full((obs.rank,), float(component_scale), device=obs.loc.device))
+        # every component scaled alike: U(c·S)Vᵀ = c·P exactly, no SVD needed
+        obs = LowRankNormal(obs.loc, obs.cov_factor * float(component_scale), obs.cov_diag, validate_args=False)
     mean = obs.mean[0].detach().cpu().reshape(shape)
     mask = torch.zeros(shape, dtype=torch.bool)
     target = mean.clone()
