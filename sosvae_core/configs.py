@@ -95,6 +95,7 @@ class Config:
     channels: Tuple[int, ...] = (64, 128, 256, 512)
     blocks: int = 2
     norm: str = "batch"
+    upsample: str = "transpose"  # the decoder's upsampling: "transpose" (paper) or "resize"
     stencil: int = 3  # Dorta et al. sparse Cholesky stencil
     # objective
     target_kl: Optional[float] = 45.0
@@ -155,10 +156,16 @@ class Config:
 # never learns, so a mean released grey stays grey. On quick CelebA the NLL fell
 # 16.2M → 7.6M over 8 pre-training epochs (one epoch left a grey mean).
 PRETRAIN = dict(pretrain_epochs=8, pretrain_min_improvement=0.05)
-# small networks for CPU runs: same architecture, fewer channels. A quick run takes
+# small networks for CPU runs: the same blocks, fewer channels. A quick run takes
 # ~900 steps where the paper takes ~28,000, so it uses a 10× learning rate: at the
 # paper's 1e-4 the decoded mean is still a flat grey image after 8 CelebA epochs.
-QUICK_NET = dict(channels=(16, 32, 64), blocks=1, latent_dim=32, lr=1e-3, fid_n=500, **PRETRAIN)
+# The quick decoder upsamples by resize + convolution: with one block per level, the
+# paper's stride-2 transposed convolutions leave a dot grid in P on the brain slices
+# (30 % of the power of sample − mean within 0.05 cycles/pixel of Nyquist, against 1 %
+# with resize; test NLL 619k → 588k); on CelebA resize also lowers the test NLL
+# (4.53M → 4.36M). The paper profile keeps the paper's transposed convolutions.
+QUICK_NET = dict(channels=(16, 32, 64), blocks=1, latent_dim=32, lr=1e-3, fid_n=500, upsample="resize",
+                 **PRETRAIN)
 # smoke: seconds on a CPU; a 10× learning rate so that P leaves its tiny init in two epochs
 SMOKE_NET = dict(channels=(8, 16), blocks=1, latent_dim=8, rank=5, lr=1e-3, fid_n=32)
 

@@ -252,7 +252,7 @@ class FeatureExtractor:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw network call on preprocessed (B, 3, 299, 299) input in [-1, 1]."""
         with torch.no_grad():
-            out = self.net(x.to(self.device))
+            out = self.net(x.to(self.device).contiguous(memory_format=torch.channels_last))
         if isinstance(out, (list, tuple)):  # pytorch-fid returns one map per block
             out = out[0]
         out = out.reshape(out.shape[0], -1)
@@ -303,6 +303,9 @@ def load_feature_extractor(
             warnings.warn(f"{path} has sha256 {sha256[:8]}..., not 6726825d... as its name says")
 
     net.eval()  # the bundled TorchScript module is saved in training mode
+    # channels-last convolutions: the same features to float32 rounding (a test checks
+    # 1e-4), ~1.2× faster on a CPU (benchmarks/bench_fid.py)
+    net = net.to(memory_format=torch.channels_last)
     return FeatureExtractor(backend, str(path), sha256, device, net, batch_size)
 
 

@@ -27,6 +27,9 @@ from torch.distributions import Normal
 from .likelihood import DiagonalNormal, LowRankNormal
 
 HEAD_INIT_STD = 1e-5
+# how the decoder doubles a side: the paper's transposed convolutions, or a nearest-neighbour
+# resize followed by a convolution (no checkerboard from uneven kernel overlap; Odena et al. 2016)
+UPSAMPLING = ("transpose", "resize")
 MIN_VARIANCE = 1e-5
 
 
@@ -49,9 +52,13 @@ class ResidualBlock(nn.Module):
     """conv3×3(stride) → norm → ReLU → conv3×3 → norm, plus a 1×1 shortcut when shapes change."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, norm: str = "batch",
-                 transpose: bool = False, output_padding: int = 0):
+                 transpose: bool = False, output_padding: int = 0, resize_to=None):
         super().__init__()
-        if transpose:  # upsampling ×2 to an exact side via output_padding
+        if resize_to is not None:  # upsampling by nearest-neighbour resize, then convolution
+            first = nn.Sequential(nn.Upsample(size=resize_to, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1))
+            skip = nn.Sequential(nn.Upsample(size=resize_to, mode="nearest"), nn.Conv2d(c_in, c_out, 1))
+            stride = 2
+        elif transpose:  # upsampling ×2 to an exact side via output_padding
             first = nn.ConvTranspose2d(c_in, c_out, 3, stride, 1, output_padding=output_padding)
             skip = nn.ConvTranspose2d(c_in, c_out, 1, stride, output_padding=output_padding)
         else:
@@ -100,8 +107,11 @@ class DecoderBody(nn.Module):
     """z → features (channels[0], H, W) at the image's exact resolution."""
 
     def __init__(self, image_shape: Sequence[int], latent_dim: int = 128,
-                 channels: Sequence[int] = (64, 128, 256, 512), blocks: int = 2, norm: str = "batch"):
+                 channels: Sequence[int] = (64, 128, 256, 512), blocks: int = 2, norm: str = "batch",
+                 upsample: str = "transpose"):
         super().__init__()
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"unknown upsampling '{upsample}'; use one of {UPSAMPLING}")
         _, H, W = image_shape
         sides = [(H, W)]
         for _ in range(len(channels) - 1):
@@ -115,7 +125,8 @@ class DecoderBody(nn.Module):
             th, tw = sides[level - 1]
             out_pad = (1 - th % 2, 1 - tw % 2)  # 2·ceil(t/2) − 1 + p = t
             layers.append(ResidualBlock(channels[level], channels[level - 1], stride=2, norm=norm,
-                                        transpose=True, output_padding=out_pad))
+                                        transpose=True, output_padding=out_pad,
+                                        resize_to=(th, tw) if upsample == "resize" else None))
             layers += [ResidualBlock(channels[level - 1], channels[level - 1], norm=norm)
                        for _ in range(blocks - 1)]
         layers += [ResidualBlock(channels[0], channels[0], norm=norm),
@@ -195,12 +206,12 @@ class VAE(nn.Module):
 
     def __init__(self, image_shape: Sequence[int], kind: str = "sos", latent_dim: int = 128,
                  rank: int = 25, eps: float = 1e-5, channels: Sequence[int] = (64, 128, 256, 512),
-                 blocks: int = 2, norm: str = "batch", stencil: int = 3):
+                 blocks: int = 2, norm: str = "batch", stencil: int = 3, upsample: str = "transpose"):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.kind, self.latent_dim, self.rank = kind, latent_dim, rank
         self.encoder = Encoder(image_shape, latent_dim, channels, blocks, norm)
-        self.decoder = DecoderBody(image_shape, latent_dim, channels, blocks, norm)
+        self.decoder = DecoderBody(image_shape, latent_dim, channels, blocks, norm, upsample)
         self.head = make_head(kind, channels[0], image_shape, rank, eps, stencil)
 
     def encode(self, x: torch.Tensor) -> Normal:

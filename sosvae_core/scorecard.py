@@ -26,9 +26,16 @@ Measures 5 and 7 are defined here so that the failure they guard against fails t
 - **Edit locality** (claim 7). d_j = RMS over channels of (conditional mean − mean) at
   each unedited pixel, p95 its 95th percentile and s the RMS change on the edited
   pixels. *Propagation* p95 / s says the edit spreads at all (β-VAE: 0); the
-  *unchanged fraction*, the share of unedited pixels with d_j < 0.2·p95, says that some
-  region stays. A global colour cast moves every pixel alike (unchanged ≈ 0); the
-  authors' hair edit leaves the face, their forehead edit leaves hair and background.
+  *unchanged fraction*, the share of unedited pixels with d_j < 0.5·p95 (they move less
+  than half as much as the most-changed regions), says that some region stays. A global
+  colour cast moves every pixel alike (unchanged ≈ 0).
+
+  The level is calibrated on the authors' own editor example (their repository's
+  `showcase_images/editor.png`: the four panels' before/after pairs, the circled stroke
+  masked out). Their hair edit scores propagation 1.36 and unchanged fraction 0.40, their
+  forehead edit 1.53 and 0.70; both pass. "The face stays" in their hair edit means the
+  face moves about a third as much as hair and background, not that it is untouched: at
+  a level of 0.2·p95 their hair edit would score 0.03 and fail its own example.
 """
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ REGION_MIN_FRACTION = 0.05
 REGION_CONTRAST_MIN = 0.3
 SLERP_ENDPOINT_MAX = 1e-5
 SLERP_STEP_RATIO_MAX = 2.0
-EDIT_UNCHANGED_LEVEL = 0.2
+EDIT_UNCHANGED_LEVEL = 0.5  # calibrated on the authors' editor example (docstring)
 EDIT_PROPAGATION_MIN = 0.1
 EDIT_UNCHANGED_MIN = 0.25
 PCA_FACTOR = 1.2
@@ -63,7 +70,8 @@ RULES = {
     4: "FID SOS < FID Dorta et al., for means and for samples (same N)",
     5: f"median region contrast ≥ {REGION_CONTRAST_MIN} (τ = {REGION_TAU})",
     6: f"corner error ≤ {SLERP_ENDPOINT_MAX:g} and largest step ≤ {SLERP_STEP_RATIO_MAX} × the path's average step",
-    7: f"every edit: propagation ≥ {EDIT_PROPAGATION_MIN} and unchanged fraction ≥ {EDIT_UNCHANGED_MIN}",
+    7: f"every edit: propagation ≥ {EDIT_PROPAGATION_MIN} and unchanged fraction (d < {EDIT_UNCHANGED_LEVEL}·p95) "
+       f"≥ {EDIT_UNCHANGED_MIN}",
     8: f"projection MSE distribution-only ≤ {PCA_FACTOR} × PCA's",
     9: f"average variance unstabilised ≥ {EXPLOSION_RATIO_MIN:g} × stabilised",
 }

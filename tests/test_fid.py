@@ -251,7 +251,8 @@ def test_both_backends_match_pytorch_fid_reading_png_files(extractor, tmp_path, 
     with torch.no_grad():
         reference = genuine(batch)[0].squeeze(-1).squeeze(-1).double().numpy()
 
-    np.testing.assert_allclose(ours(images), reference, rtol=0, atol=1e-6)
+    # our extractors run channels-last: the same network, summed in another order
+    np.testing.assert_allclose(ours(images), reference, rtol=0, atol=1e-4)
     np.testing.assert_allclose(extractor(images), reference, rtol=0, atol=1e-4)
 
 

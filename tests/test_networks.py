@@ -4,20 +4,47 @@ import pytest
 import torch
 
 from sosvae_core.likelihood import DiagonalNormal, LowRankNormal
-from sosvae_core.networks import VAE, DistributionOnly, halve
+from sosvae_core.networks import UPSAMPLING, VAE, DistributionOnly, ResidualBlock, halve
 
 SMALL = dict(channels=(8, 16, 32), blocks=1, latent_dim=6, rank=3)
 
 
+@pytest.mark.parametrize("upsample", UPSAMPLING)
 @pytest.mark.parametrize("shape", [(3, 218, 178), (1, 64, 64), (1, 208, 176), (1, 25, 25), (3, 27, 22)])
-def test_vae_round_trips_any_image_size(shape):
+def test_vae_round_trips_any_image_size(shape, upsample):
     torch.manual_seed(0)
-    model = VAE(shape, "sos", **SMALL)
+    model = VAE(shape, "sos", upsample=upsample, **SMALL)
     x = torch.rand(2, *shape)
     q, obs = model(x)
     assert q.loc.shape == (2, 6)
     assert isinstance(obs, LowRankNormal)
     assert obs.mean.shape == (2, math.prod(shape)) and obs.cov_factor.shape == (2, math.prod(shape), 3)
+
+
+@pytest.mark.parametrize("side", [(28, 23), (27, 22)])
+def test_resize_upsampling_has_no_checkerboard_and_transposed_does(side):
+    """A constant input stays constant through the resize block (up to the border of its
+    3×3 convolution); the paper's stride-2 transposed block writes its 1×1 shortcut onto
+    every other pixel only, a fixed dot grid the rest of the network must undo."""
+    torch.manual_seed(0)
+    th, tw = side
+    x = torch.ones(1, 4, halve(th), halve(tw))
+    resize = ResidualBlock(4, 4, stride=2, norm="none", resize_to=(th, tw)).eval()
+    transpose = ResidualBlock(4, 4, stride=2, norm="none", transpose=True,
+                              output_padding=(1 - th % 2, 1 - tw % 2)).eval()
+    with torch.no_grad():
+        skip_r, skip_t = resize.skip(x), transpose.skip(x)
+        body_r = resize(x)[..., 1:-1, 1:-1]
+    assert skip_r.shape == skip_t.shape == (1, 4, th, tw)
+    assert torch.allclose(skip_r, skip_r[..., :1, :1].expand_as(skip_r))
+    assert torch.allclose(body_r, body_r[..., :1, :1].expand_as(body_r), atol=1e-6)
+    # the transposed shortcut: the bias alone on odd rows and columns
+    assert not torch.allclose(skip_t[..., 0, 0], skip_t[..., 1, 1])
+
+
+def test_unknown_upsampling_is_a_clear_error():
+    with pytest.raises(ValueError, match="upsampling 'bilinear'"):
+        VAE((1, 16, 16), "sos", upsample="bilinear", **SMALL)
 
 
 def test_paper_network_keeps_218x178_exactly():
