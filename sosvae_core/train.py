@@ -231,7 +231,7 @@ class Trainer:
             raise RuntimeError(f"checkpoint {self.checkpoint_path} is unreadable ({err}); "
                                f"delete it to start the run again") from None
         saved = Config.from_dict(state["config"])
-        if saved != self.cfg:
+        if saved.identity() != self.cfg.identity():
             raise ValueError(f"the run folder {self.run_dir} holds a different config; "
                              f"use another run folder or resume with the saved config")
         self.model.load_state_dict(state["model"])
@@ -466,9 +466,10 @@ def runs_root(runs_dir=None) -> Path:
 
 
 def run_name(cfg: Config) -> str:
-    """A readable, config-unique folder name: experiment-profile-model-<hash>."""
+    """A readable folder name, unique to what the config trains: experiment-profile-model-<hash>
+    (runtime-only fields such as amp or fid_n are not part of the hash)."""
     import hashlib
-    digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.experiment}-{cfg.profile}-{cfg.model}-{digest}"
 
 
@@ -496,5 +497,6 @@ def get_or_train(cfg: Config, runs_dir=None, data_root=None, device: str = "auto
         Trainer(cfg, run_dir, datasets=datasets, data_root=data_root, device=device,
                 progress=progress, cache_dir=cache_dir).fit()
     model = load_run(run_dir, device)
+    model.config = cfg  # the same run; the runtime-only fields as asked now (e.g. fid_n)
     model.run_dir = run_dir
     return model

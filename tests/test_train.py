@@ -152,6 +152,13 @@ def test_get_or_train_trains_once_then_loads(lfw, tmp_path, monkeypatch):
     m2 = get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert not m2.training
+    # runtime-only fields find the same run (no retraining) and come back as asked
+    fast = cfg.replace(fid_n=7, amp=True, checkpoint_every=3, channels_last=True)
+    assert run_name(fast) == run_name(cfg)
+    m3 = get_or_train(fast, runs_dir=tmp_path, datasets=lfw, progress=False)
+    assert m3.config.fid_n == 7 and m3.config == fast
+    # a field that changes what is trained is another run
+    assert run_name(cfg.replace(lr=cfg.lr * 2)) != run_name(cfg)
 
 
 def test_cli_train_resume_and_errors(tmp_path, capsys):
