@@ -593,7 +593,7 @@ def fid_cli(args) -> int:
     reference = dataset_reference(cfg, extractor, n, data_root=args.data_root, cache_dir=args.cache_dir)
     result = fid_of_model(model, reference, n, what=args.what, extractor=extractor, batch_size=args.batch_size)
     result.update(run=str(args.run), model=cfg.model, dataset=cfg.dataset, profile=cfg.profile)
-    if n < 50_000:
+    if n < PAPER_N:
         result["note"] = "FID is biased upward at small N; compare only numbers with the same N"
     print(json.dumps(result))
     return 0
@@ -602,6 +602,7 @@ def fid_cli(args) -> int:
 # The paper's Table 1 (FID of means, of samples; N = 50,000 generated images). The
 # "brain" rows are the paper's UK Biobank numbers: our OASIS slices stand in for UKBB,
 # so they are a reference point, not the same experiment.
+PAPER_N = 50_000  # generated images per FID in Table 1 (Section 4.3)
 PAPER_TABLE1 = {
     ("celeba", "beta"): (121.65, 196.40),
     ("celeba", "sos"): (132.93, 104.62),
@@ -612,6 +613,8 @@ PAPER_TABLE1 = {
     ("celeba64_gray", "sos"): (70.43, 74.66),
 }
 MODEL_NAMES = {"beta": "β-VAE", "sos": "SOS-VAE", "dorta": "Dorta et al.", "distribution": "distribution-only"}
+# how a dataset is named in Table 1: the brain rows' paper values are UK Biobank's
+DATASET_LABELS = {"brain": "brain: OASIS (paper: UK Biobank)"}
 
 
 def table1(models: dict, extractor: FeatureExtractor, data_root=None, cache_dir=None, n: int | None = None,
@@ -659,11 +662,12 @@ def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor
 
 
 def format_table1(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: ours next to the paper's (N = 50,000) where known."""
+    """Markdown table: ours next to the paper's (N = PAPER_N = 50,000) where known."""
     fmt = lambda v: "—" if v is None else f"{v:.2f}"
     lines = ["| dataset | model | N (generated / reference) | FID means | paper | FID samples | paper |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {MODEL_NAMES.get(r['model'], r['model'])} | {r['n']} / {r['n_reference']} | "
+        dataset = DATASET_LABELS.get(r["dataset"], r["dataset"])
+        lines.append(f"| {dataset} | {MODEL_NAMES.get(r['model'], r['model'])} | {r['n']} / {r['n_reference']} | "
                      f"{fmt(r['fid_means'])} | {fmt(r['paper_means'])} | {fmt(r['fid_samples'])} | {fmt(r['paper_samples'])} |")
     return "\n".join(lines)

@@ -107,45 +107,68 @@ ROW_TITLES = {"mean": "mean", "sample": "sample", "difference": "sample − mean
 
 
 def _show(ax, img: torch.Tensor, kind: str, vmax: Optional[float] = None):
-    """Draw one (C, H, W) panel: images clamped to [0, 1], maps normalised per row."""
+    """Draw one (C, H, W) panel: images clamped to [0, 1], maps on the scale given."""
     ax.set_xticks([]), ax.set_yticks([])
     if kind in ("mean", "sample"):
         arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
-    elif kind == "difference":
-        m = img.mean(0).numpy()
+        return ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+    m = img.mean(0).numpy()
+    if kind == "difference":
         lim = vmax or (np.abs(m).max() + 1e-12)
-        ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    else:  # variance and covariance maps: channel mean, row-wide scale
-        m = img.mean(0).numpy()
-        ax.imshow(m, cmap="magma", vmin=0, vmax=vmax or (m.max() + 1e-12))
+        return ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    # variance and covariance maps: channel mean
+    return ax.imshow(m, cmap="magma", vmin=0, vmax=vmax or (m.max() + 1e-12))
 
 
 def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: int = 4,
                             title: str = ""):
-    """One column block per model (e.g. β-VAE | SOS-VAE), rows as in Figs. 1–2."""
+    """One column block per model (e.g. β-VAE | SOS-VAE), rows as in Fig. 2.
+
+    Each map row (sample − mean, variance, ± covariance; channel means) of each model is
+    drawn on one scale, with its colour bar at the block's end: the magnitudes of β-VAE
+    and SOS-VAE are read off the bars (they differ by orders of magnitude, so one shared
+    scale would leave the β-VAE's maps black).
+    """
     import matplotlib.pyplot as plt
     rows = list(ROW_TITLES)
     names = list(panels)
-    fig, axes = plt.subplots(len(rows), n_cols * len(names),
-                             figsize=(1.4 * n_cols * len(names), 1.5 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n_cols * len(names), squeeze=False, layout="constrained",
+                             figsize=(1.4 * n_cols * len(names) + 0.8 * len(names), 1.5 * len(rows)))
     for r, kind in enumerate(rows):
         for m, name in enumerate(names):
             imgs = panels[name][kind][:n_cols]
-            # one scale per model and row, so maps are comparable within a row
-            vmax = None
-            if kind != "mean" and kind != "sample":
-                vals = imgs.mean(1).abs()
-                vmax = float(vals.max()) + 1e-12
-            for c in range(n_cols):
-                ax = axes[r, m * n_cols + c]
-                _show(ax, imgs[c], kind, vmax)
+            vmax = None if kind in ("mean", "sample") else float(imgs.mean(1).abs().max()) + 1e-12
+            block = axes[r, m * n_cols:(m + 1) * n_cols]
+            for c, ax in enumerate(block):
+                image = _show(ax, imgs[c], kind, vmax)
                 if c == 0 and m == 0:
                     ax.set_ylabel(ROW_TITLES[kind], fontsize=8)
                 if r == 0 and c == 0:
                     ax.set_title(name, fontsize=9, loc="left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+            if vmax is not None:
+                bar = fig.colorbar(image, ax=list(block), fraction=0.04, pad=0.02)
+                bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_mosaics(blocks: Dict[str, torch.Tensor], title: str = "", cell: float = 0.45):
+    """Image grids side by side, one per label (Figs. 3 and 7): each block (rows, cols, C, H, W)
+    drawn as one mosaic, clamped to [0, 1]."""
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+    first = next(iter(blocks.values()))
+    rows, cols, _, H, W = first.shape
+    fig, axes = plt.subplots(1, len(blocks), squeeze=False, layout="constrained",
+                             figsize=(cell * cols * len(blocks) + 0.4, cell * rows * H / W + 0.6))
+    for ax, (label, grid) in zip(axes[0], blocks.items()):
+        r, c = grid.shape[:2]
+        mosaic = make_grid(grid.reshape(r * c, *grid.shape[2:]).clamp(0, 1).float(), nrow=c, padding=1,
+                           pad_value=1.0)
+        ax.imshow(mosaic.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -201,6 +224,19 @@ def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequen
 # -- Fig. 5 and App. B: principal-component scaling (eq. 5) ------------------------------------
 
 PAPER_SCALES = torch.arange(-5.0, 5.01, 0.5)  # −5 … +5 in steps of 0.5 (21 values)
+# A component scale never reaches 0: the paper's code replaces |a| < 0.03 by ±0.03 (0 by
+# +0.03), so "scale 0" in Figs. 5, 9, 10 and in the editor means 0.03.
+COMPONENT_FLOOR = 0.03
+
+
+def floor_scales(scales, floor: float = COMPONENT_FLOOR):
+    """Scales with magnitude below `floor` moved to ±floor, keeping their sign (0 → +floor).
+
+    A number gives a number (exact in float64), a tensor a tensor of its dtype."""
+    if not isinstance(scales, torch.Tensor):
+        return -max(-float(scales), floor) if scales < 0 else max(float(scales), floor)
+    sign = torch.where(scales < 0, -1.0, 1.0).to(scales.dtype)
+    return sign * scales.abs().clamp(min=floor)
 
 
 @torch.no_grad()
@@ -208,8 +244,9 @@ def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PA
                     others: float = 0.03, seed: int = 0) -> torch.Tensor:
     """Scale one principal component at a time through `scales` (eq. 5).
 
-    The other components are scaled by `others`: 0.03 as in the paper's code (which
-    floors a zero scale at 0.03), so each row isolates its component; 1.0 keeps them.
+    The other components are scaled by `others`: 0.03 as in the paper's code, so each
+    row isolates its component; 1.0 keeps them. Every scale is floored at ±0.03 as the
+    paper's code does (`floor_scales`): the column labelled 0 is drawn at 0.03.
     ω_p and ω_d are fixed across the figure. Returns (len(components), len(scales), C, H, W).
     """
     obs = model.decode(z[:1].to(_device(model)))
@@ -221,6 +258,7 @@ def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PA
     for r in components:
         a = torch.full((len(scales), obs.rank), others, dtype=s.dtype, device=s.device)
         a[:, r] = torch.as_tensor(scales, dtype=s.dtype)
+        a = floor_scales(a)
         P = U @ ((s * a).unsqueeze(-1) * V.mT)  # (len(scales), S, R)
         y = obs.loc + (P @ omega_p.mT).squeeze(-1) + obs.diagonal.sqrt() * omega_d
         rows.append(y.reshape(len(scales), *model.image_shape).cpu())
@@ -308,7 +346,8 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
 
     sequential=True accumulates the edits (App. C); False applies each on its own.
     component_scale: condition the distribution whose principal components are all
-    scaled by this factor (eq. 5; the authors' editor uses 0.03); None: the full P.
+    scaled by this factor (eq. 5; the authors' editor uses 0.03; floored at ±0.03 like
+    every component scale); None: the full P.
     Returns (len(edits), C, H, W) tensors: 'edited' (the mean with the strokes so far
     pasted), 'conditional' (the conditional mean) and 'masks' (the pixels conditioned
     on), plus 'mean' (1, C, H, W).
@@ -321,7 +360,8 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
             raise ValueError(f"component_scale needs a low-rank observation model, not {type(obs).__name__}; "
                              f"use component_scale=None")
         # every component scaled alike: U(c·S)Vᵀ = c·P exactly, no SVD needed
-        obs = LowRankNormal(obs.loc, obs.cov_factor * float(component_scale), obs.cov_diag, validate_args=False)
+        c = floor_scales(float(component_scale))
+        obs = LowRankNormal(obs.loc, obs.cov_factor * c, obs.cov_diag, validate_args=False)
     mean = obs.mean[0].detach().cpu().reshape(shape)
     mask = torch.zeros(shape, dtype=torch.bool)
     target = mean.clone()
@@ -430,13 +470,14 @@ def read_metrics(run_dir, kind: str = "steps") -> Dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
 
 
-def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, float]] = None, smooth: int = 5):
+def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, float]] = None, smooth: int = 5,
+                         title: str = ""):
     """Loss terms and both multipliers against the step, one line per run.
 
     targets: optional horizontal lines, e.g. {"kl": ξ_KL, "entropy": ξ_H}.
     """
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.8), layout="constrained")
     for name, run_dir in runs.items():
         m = read_metrics(run_dir)
         for ax, (key, label, scale) in zip(axes.flat, CURVES):
@@ -453,11 +494,11 @@ def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, floa
         ax.set_xlabel("step", fontsize=8)
         ax.set_yscale(scale)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
-def plot_fid_table(rows: List[dict]):
+def plot_fid_table(rows: List[dict], title: str = ""):
     """Bars of FID for means and samples per (dataset, model), with the paper's where known."""
     import matplotlib.pyplot as plt
     labels = [f"{r['dataset']}\n{r['model']}" for r in rows]
@@ -469,9 +510,11 @@ def plot_fid_table(rows: List[dict]):
         for dx, key in ((-0.2, "paper_means"), (0.2, "paper_samples")):
             if r.get(key) is not None:
                 ax.plot([i + dx - 0.18, i + dx + 0.18], [r[key]] * 2, "k-", lw=2)
-    ax.plot([], [], "k-", lw=2, label="paper (N = 50,000)")
+    if any(r.get(key) is not None for r in rows for key in ("paper_means", "paper_samples")):
+        ax.plot([], [], "k-", lw=2, label="paper (N = 50,000)")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(f"FID (N = {rows[0]['n']})")
     ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig

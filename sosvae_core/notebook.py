@@ -68,6 +68,13 @@ class NotebookContext:
     def record(self, **metrics) -> dict:
         return record(self.output_dir, **metrics)
 
+    def caption(self, figure: str, what: str, dataset: Optional[str] = None) -> str:
+        """A figure's title line: the paper figure, the dataset, the profile, and what is drawn (with N)."""
+        name = dataset or self.dataset
+        if name == "brain":
+            name = "OASIS brain slices (for UK Biobank)"
+        return f"{figure} · {name} · {self.profile} profile · {what}"
+
     @property
     def has_real_data(self) -> bool:
         return self.data_root is not None

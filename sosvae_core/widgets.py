@@ -43,7 +43,7 @@ from matplotlib import colormaps
 from PIL import Image as PILImage
 
 from .likelihood import DiagonalNormal, LowRankNormal, slerp
-from .figures import colour_to_values  # shared with the Fig. 6 edits
+from .figures import COMPONENT_FLOOR, PAPER_EDIT_SCALE, colour_to_values, floor_scales  # shared with Fig. 6
 
 __all__ = [
     "ComponentPanel",
@@ -716,12 +716,27 @@ class EditPanel(_Panel):
     luminance on gray ones; the brush radius is in image pixels. Without a browser, call
     `apply_stroke(points, colour, radius)`, `undo()` and `reset()`.
 
-    Arguments as for ComponentPanel, plus the initial `colour` and brush `radius`.
+    The "component scale" slider (a temperature) conditions the distribution whose
+    principal components are all scaled by it, P → cP (eq. 5), from 1 (the full P) down to
+    the paper code's floor of 0.03, which is where the authors' editor works
+    (`PAPER_EDIT_SCALE`). A smaller scale lets the εI term weigh more against P, so an
+    edit spreads less far. It acts on low-rank models only.
+
+    Arguments as for ComponentPanel, plus the initial `colour`, brush `radius` and
+    `component_scale`.
     """
 
     def __init__(self, model_or_distribution, z=None, *, image_shape=None, seed: int = 0,
-                 zoom: Optional[int] = None, colour: str = "#ffffff", radius: Optional[float] = None):
+                 zoom: Optional[int] = None, colour: str = "#ffffff", radius: Optional[float] = None,
+                 component_scale: float = 1.0):
         super().__init__(model_or_distribution, image_shape, seed, zoom)
+        if not COMPONENT_FLOOR <= component_scale <= 1.0:
+            raise ValueError(f"component_scale = {component_scale}; use a value from {COMPONENT_FLOOR} "
+                             f"(the authors' editor: {PAPER_EDIT_SCALE}) to 1 (the full P)")
+        self.component_scale = widgets.FloatLogSlider(
+            value=component_scale, base=10, min=math.log10(COMPONENT_FLOOR), max=0.0, step=0.01,
+            description="component scale", readout_format=".3f", style={"description_width": "initial"})
+        self.component_scale.observe(lambda change: self.render(), names="value")
         C, H, W = self.image_shape
         self.colour = widgets.ColorPicker(value=colour, description="colour", concise=False,
                                           layout=widgets.Layout(width="220px"))
@@ -748,6 +763,7 @@ class EditPanel(_Panel):
             widgets.HTML("<h4>Edit by conditioning on painted pixels (eqs. 6–7, Fig. 6)</h4>"),
             _row([self.colour, self.radius, self.undo_button, self.reset_button,
                           *self._new_z_button(lambda: self.set_z(None))]),
+            _row([self.component_scale]),
             _row([_captioned(self.edit_image, "edit: paint here"),
                           _captioned(self.result_image, "conditional mean E[y₁ | y₂ = edit]")]),
             self.status])
@@ -794,6 +810,14 @@ class EditPanel(_Panel):
         mask3 = painted.expand(C, H, W)
         return mask3, colours[mask3]
 
+    def conditioned_distribution(self):
+        """The distribution the edits condition: P scaled by the component scale (floored at 0.03)."""
+        d = self.distribution
+        c = floor_scales(float(self.component_scale.value))
+        if c == 1.0 or not isinstance(d, LowRankNormal):
+            return d
+        return LowRankNormal(d.loc, d.cov_factor * c, d.cov_diag, validate_args=False)
+
     def _commit(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         if mask.any():
             self.strokes.append((mask, values))
@@ -804,7 +828,7 @@ class EditPanel(_Panel):
         t0 = time.perf_counter()
         mask, values = self.edits()
         self.mask, self.values = mask, values
-        d = self.distribution
+        d = self.conditioned_distribution()
         self.result = d.conditional_mean(mask, values).reshape(self.image_shape)
         self.current_image = self.result.clamp(0, 1)
         self.current_edit = self._painted(mask, values)

@@ -421,3 +421,47 @@ def test_fid_cli_on_a_trained_run(tmp_path, capsys):
     assert result["backend"].startswith("torchscript") and len(result["weights_sha256"]) == 64
     assert "biased upward" in result["note"]
     assert list((tmp_path / "cache" / "fid").glob("*.npz")), "reference statistics were not cached"
+
+
+# Table 1 as the paper prints it (method, dataset, FID; the dataset cell is left empty
+# below its first row), tab-separated as in the paper's text.
+PAPER_TABLE1_TEXT = """\
+β -VAE (MEANS)\tCELEBA\t121.65
+β -VAE (SAMPLES)\t\t196.40
+SOS-VAE (MEANS)\t\t132.93
+SOS-VAE (SAMPLES)\t\t104.62
+β -VAE (MEANS)\tUKBB\t211.24
+β -VAE (SAMPLES)\t\t332.89
+SOS-VAE (MEANS)\t\t141.87
+SOS-VAE (SAMPLES)\t\t79.712
+β -VAE (MEANS)\t64x64 GRAYSCALE CELEBA\t90.97
+β -VAE (SAMPLES)\t\t257.11
+DORTA ET AL. (MEANS)\t\t73.44
+DORTA ET AL. (SAMPLES)\t\t77.72
+SOS-VAE (MEANS)\t\t70.43
+SOS-VAE (SAMPLES)\t\t74.66
+"""
+
+
+def test_paper_table1_values_are_the_papers_printed_numbers():
+    datasets = {"CELEBA": "celeba", "UKBB": "brain", "64x64 GRAYSCALE CELEBA": "celeba64_gray"}
+    models = {"β -VAE": "beta", "SOS-VAE": "sos", "DORTA ET AL.": "dorta"}
+    parsed, dataset = {}, None
+    for line in PAPER_TABLE1_TEXT.splitlines():
+        method, cell, value = line.split("\t")
+        dataset = datasets[cell] if cell else dataset
+        name, what = method.rsplit(" (", 1)
+        parsed.setdefault((dataset, models[name]), {})[what.rstrip(")")] = float(value)
+    assert len(parsed) == 7 and sum(len(v) for v in parsed.values()) == 14
+    assert {k: (v["MEANS"], v["SAMPLES"]) for k, v in parsed.items()} == fid.PAPER_TABLE1
+    assert fid.PAPER_N == 50_000  # the caption's and Section 4.3's N
+
+
+def test_format_table1_puts_the_papers_values_beside_ours_and_names_the_brain_stand_in():
+    rows = [{"dataset": d, "model": k, "n": 250, "n_reference": 600, "fid_means": 200.0 + i, "fid_samples": 300.0 + i,
+             "paper_means": fid.PAPER_TABLE1[(d, k)][0], "paper_samples": fid.PAPER_TABLE1[(d, k)][1]}
+            for i, (d, k) in enumerate([("celeba", "sos"), ("brain", "beta")])]
+    lines = fid.format_table1(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| celeba | SOS-VAE | 250 / 600 | 200.00 | 132.93 | 300.00 | 104.62 |"
+    assert lines[3] == "| brain: OASIS (paper: UK Biobank) | β-VAE | 250 / 600 | 201.00 | 211.24 | 301.00 | 332.89 |"

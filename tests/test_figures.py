@@ -40,6 +40,40 @@ def test_observation_panel_rows_follow_the_distribution(model):
     torch.testing.assert_close((panel["cov_positive"] - panel["cov_negative"]).flatten(1), row)
 
 
+def test_fig2_map_rows_have_one_scale_and_colour_bar_per_model(model):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    z = torch.randn(2, 4)
+    panel = figures.observation_panel(model, z, seed=3)
+    louder = {k: (v * 3 if k not in ("mean", "sample") else v) for k, v in panel.items()}
+    fig = figures.plot_observation_panels({"a": panel, "b": louder}, n_cols=2)
+    axes = fig.axes[:len(figures.ROW_TITLES) * 4]
+    bars = fig.axes[len(axes):]
+    assert len(bars) == 4 * 2  # one colour bar per map row and model
+    for r, kind in enumerate(figures.ROW_TITLES):
+        for m, p in enumerate((panel, louder)):
+            limits = {ax.images[0].get_clim() for ax in axes[r * 4 + 2 * m:r * 4 + 2 * (m + 1)]}
+            assert len(limits) == 1, f"row {kind} mixes scales within a model"
+            if kind in ("mean", "sample"):
+                assert limits == {(0.0, 1.0)}
+            else:
+                assert limits.pop()[1] == pytest.approx(float(p[kind][:2].mean(1).abs().max()), rel=1e-5)
+    plt.close(fig)
+
+
+def test_plot_mosaics_draws_each_block_as_one_grid():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    blocks = {"left": torch.rand(3, 4, 1, 5, 6), "right": torch.rand(3, 4, 1, 5, 6)}
+    fig = figures.plot_mosaics(blocks, "title")
+    assert [ax.get_title() for ax in fig.axes] == ["left", "right"]
+    height, width = fig.axes[0].images[0].get_array().shape[:2]
+    assert (height, width) == (3 * 5 + 4 * 1, 4 * 6 + 5 * 1)  # make_grid's 1-pixel padding
+    plt.close(fig)
+
+
 def test_slerp_grid_corners_and_edges(model):
     z = torch.randn(1, 4)
     grid = figures.slerp_grid(model, z, n=3, seed=1)
@@ -62,9 +96,16 @@ def test_component_sweep_at_scale_one_is_the_sample(model):
     g = torch.Generator().manual_seed(2)
     wp, wd = torch.randn(1, 3, generator=g), torch.randn(obs.loc.shape, generator=g)
     torch.testing.assert_close(sweep[0, 0].flatten(), obs.rsample(omega_p=wp, omega_d=wd)[0], atol=1e-5, rtol=1e-4)
-    # scale 0 removes that component only: equal to scale_components with a zero
-    want = obs.scale_components(torch.tensor([1.0, 1.0, 0.0])).rsample(omega_p=wp, omega_d=wd)[0]
+    # scale 0 is floored at 0.03 as in the paper's code: that component only, scaled by 0.03
+    want = obs.scale_components(torch.tensor([1.0, 1.0, 0.03])).rsample(omega_p=wp, omega_d=wd)[0]
     torch.testing.assert_close(sweep[1, 1].flatten(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_floor_scales_follows_the_papers_rule():
+    got = figures.floor_scales(torch.tensor([-5.0, -0.02, -0.0, 0.0, 0.01, 0.03, 0.5]))
+    assert got.tolist() == pytest.approx([-5.0, -0.03, 0.03, 0.03, 0.03, 0.03, 0.5])
+    assert figures.floor_scales(0.0) == figures.COMPONENT_FLOOR and figures.floor_scales(-0.01) == -0.03
+    assert figures.floor_scales(0.5) == 0.5
 
 
 def test_edit_sequence_is_the_conditional_mean(model):

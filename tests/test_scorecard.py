@@ -176,3 +176,26 @@ def test_scaled_edit_equals_the_conditional_mean_of_the_scaled_distribution():
     want[m] = b
     torch.testing.assert_close(out["conditional"][0].flatten(), want, rtol=1e-7, atol=1e-9)
     assert m.sum() == 6  # the two pixels nearest the point, all three channels
+
+
+def test_training_variance_reads_the_last_logged_epoch(tmp_path):
+    (tmp_path / "metrics_epochs.csv").write_text("epoch,mean_variance\n0,0.5\n1,0.0625\n")
+
+    class Run:
+        run_dir = tmp_path
+
+    assert sc.training_variance(Run()) == 0.0625
+    assert math.isnan(sc.training_variance(object()))  # no run folder: not logged
+
+
+def test_table1_numbers_feed_claims_3_and_4():
+    rows = [{"dataset": "celeba", "model": k, "n": 250, "fid_means": m, "fid_samples": s}
+            for k, m, s in [("beta", 120.0, 200.0), ("sos", 130.0, 110.0), ("dorta", 140.0, 150.0)]]
+    numbers = sc.table1_numbers(rows, "celeba", ("beta", "sos"))
+    assert numbers == {"beta_means": 120.0, "beta_samples": 200.0, "sos_means": 130.0, "sos_samples": 110.0, "n": 250}
+    assert sc.check(3, numbers) is True  # 110 < 200 and 110 ≤ 120
+    assert sc.check(4, sc.table1_numbers(rows, "celeba", ("dorta", "sos"))) is True
+    rows[1]["fid_samples"] = 125.0  # worse than the β-VAE means
+    assert sc.check(3, sc.table1_numbers(rows, "celeba", ("beta", "sos"))) is False
+    with pytest.raises(ValueError, match="no Table 1 row"):
+        sc.table1_numbers(rows, "brain", ("beta", "sos"))

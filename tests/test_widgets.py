@@ -14,6 +14,7 @@ from torch import nn
 
 from sosvae_core.likelihood import DiagonalNormal, LowRankNormal, slerp
 from sosvae_core.networks import VAE
+from sosvae_core.figures import PAPER_EDIT_SCALE
 from sosvae_core.widgets import (ComponentPanel, EditPanel, LatentPanel, SlerpPanel,
                                  colour_to_values, event_xy, measure_latency, png_bytes,
                                  stroke_mask, to_uint8)
@@ -251,6 +252,31 @@ def test_edit_strokes_accumulate_undo_and_reset(shape):
     assert panel.strokes == []
     panel.undo()  # nothing left to undo: still the mean
     close(panel.current_image, d.mean.clamp(0, 1).reshape(shape))
+
+
+def test_edit_component_scale_conditions_the_scaled_distribution():
+    shape = (3, 6, 5)
+    C, H, W = shape
+    d = random_distribution(shape, rank=4)
+    panel = EditPanel(d, image_shape=shape, component_scale=PAPER_EDIT_SCALE)
+    stroke = [(2.5, 0.5), (2.5, 3.5)]
+    panel.apply_stroke(stroke, "#000000", 0.5)
+    mask = stroke_mask(stroke, 0.5, H, W).expand(C, H, W)
+    # dense float64 reference: Σ = (cP)(cP)ᵀ + D, μ₁ + Σ₁₂Σ₂₂⁻¹(b − μ₂)
+    S = C * H * W
+    P = d.cov_factor.reshape(S, -1).double() * PAPER_EDIT_SCALE
+    cov = P @ P.T + torch.diag(torch.as_tensor(d.cov_diag, dtype=torch.float64).expand(S))
+    m, e = mask.flatten(), ~mask.flatten()
+    mu = d.loc.reshape(S).double()
+    want = mu.clone()
+    want[e] = mu[e] + cov[e][:, m] @ torch.linalg.solve(cov[m][:, m], torch.zeros(int(m.sum()), dtype=torch.float64) - mu[m])
+    want[m] = 0.0
+    close(panel.result.double().flatten(), want, atol=1e-5)
+    # the slider re-renders with the full P
+    panel.component_scale.value = 1.0
+    close(panel.result.flatten(), d.conditional_mean(mask, torch.zeros(int(m.sum()))).flatten(), atol=1e-5)
+    with pytest.raises(ValueError, match="component_scale"):
+        EditPanel(d, image_shape=shape, component_scale=0.0)
 
 
 def test_edit_mouse_stroke_is_apply_stroke():
