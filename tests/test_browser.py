@@ -44,12 +44,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def install_chromium() -> None:
+    """Install Debian's Chromium for this test when we may (root, apt-get), saying so; else skip, saying why."""
+    import shutil
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium); "
+                    f"the real-browser test needs it")
+    print(f"\nthe browser test needs Chromium at {CHROMIUM}: installing Debian's chromium (apt-get install chromium)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout or "").strip().splitlines()
+            pytest.skip(f"could not install Chromium ({' '.join(cmd)} failed: {said[-1] if said else 'no output'}); "
+                        f"the real-browser test needs it")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"apt-get installed chromium, but not at {CHROMIUM}")
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """A headless Chromium context with a fresh profile, or a skip that says why."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium); "
-                    f"the real-browser test needs it")
+        install_chromium()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
