@@ -403,6 +403,8 @@ class Trainer:
             self.epoch += 1
             self.step_in_epoch = 0
             self.save_checkpoint()
+            if self.progress and self.is_main:
+                print(epoch_line(self.cfg, self.epoch, summary, pretrain), flush=True)
         if self.is_main:
             done = {"epochs": self.epoch, "steps": self.step, "wall_time_s": round(self.wall_time, 2),
                     "device": str(self.device), "world_size": self.world}
@@ -458,6 +460,26 @@ class Trainer:
                     self._tb.add_scalar(f"{kind}/{k}", v, row["step"])
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def epoch_line(cfg: Config, epochs_done: int, summary: dict, pretrain: bool) -> str:
+    """One line per finished epoch: the losses, both multipliers, the time and the ETA.
+
+    summary: the epoch's averages as logged (wall_time is the run's training time so far)."""
+    def num(key, fmt):
+        v = summary.get(key)
+        return "—" if v is None or not math.isfinite(v) else format(v, fmt)
+    per_epoch = summary["wall_time"] / max(epochs_done, 1)
+    return (f"[{cfg.experiment}/{cfg.model}] epoch {epochs_done}/{cfg.epochs}" + (" (mean only)" if pretrain else "")
+            + f" · NLL {num('nll', '.5g')} (val {num('val_nll', '.5g')}) · KL {num('kl', '.3g')}"
+            + f" · H {num('entropy', '.5g')} · λ_KL {num('lambda_kl', '.3g')} · λ_H {num('lambda_entropy', '.3g')}"
+            + f" · variance {num('mean_variance', '.3g')} · {_duration(per_epoch)}/epoch"
+            + f" · ETA {_duration(per_epoch * (cfg.epochs - epochs_done))}")
+
+
 # -- train once, then load ------------------------------------------------------------------
 
 def runs_root(runs_dir=None) -> Path:
@@ -494,8 +516,14 @@ def get_or_train(cfg: Config, runs_dir=None, data_root=None, device: str = "auto
     """Train `cfg` once (resuming an interrupted run), then load it from its run folder."""
     run_dir = runs_root(runs_dir) / run_name(cfg)
     if not (run_dir / "done.json").exists():
+        if progress:
+            state = "resuming the interrupted run" if (run_dir / "checkpoint.pt").exists() else "training"
+            print(f"{state} {run_dir.name} ({cfg.model} on {cfg.dataset}, {cfg.profile} profile, {cfg.epochs} epochs): "
+                  f"no finished run in {run_dir.parent}", flush=True)
         Trainer(cfg, run_dir, datasets=datasets, data_root=data_root, device=device,
                 progress=progress, cache_dir=cache_dir).fit()
+    elif progress:
+        print(f"loaded {run_dir.name} ({cfg.model} on {cfg.dataset}) from {run_dir.parent}", flush=True)
     model = load_run(run_dir, device)
     model.config = cfg  # the same run; the runtime-only fields as asked now (e.g. fid_n)
     model.run_dir = run_dir

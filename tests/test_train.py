@@ -7,7 +7,7 @@ import torch
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.data import load_splits, synthetic_lowrank_dataset
-from sosvae_core.train import Trainer, TrainingDiverged, get_or_train, load_run, run_name
+from sosvae_core.train import Trainer, TrainingDiverged, epoch_line, get_or_train, load_run, run_name
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,24 @@ def test_cli_train_resume_and_errors(tmp_path, capsys):
                 "--run-dir", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and len(err.strip().splitlines()) == 1
+
+
+def test_progress_says_trained_or_loaded_and_prints_a_line_per_epoch(lfw, tmp_path, capsys):
+    cfg = smoke("sos", epochs=2)
+    get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"training {run_name(cfg)} (sos on lfw, smoke profile, 2 epochs)")
+    epochs = [line for line in out if line.startswith("[lfw/sos] epoch ")]
+    assert [line.split()[2] for line in epochs] == ["1/2", "2/2"]
+    for key in ("NLL", "(val", "KL", "H", "λ_KL", "λ_H", "variance", "/epoch", "ETA"):
+        assert key in epochs[-1], epochs[-1]
+    assert epochs[-1].endswith("ETA 0m00s")
+    get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=True)
+    assert capsys.readouterr().out.startswith(f"loaded {run_name(cfg)} (sos on lfw)")
+
+
+def test_epoch_line_formats_missing_numbers_and_long_runs():
+    cfg = smoke("distribution", epochs=100)
+    line = epoch_line(cfg, 1, {"nll": 12.5, "kl": float("nan"), "wall_time": 4000.0}, pretrain=True)
+    assert line.startswith("[lfw/distribution] epoch 1/100 (mean only) · NLL 12.5 (val —) · KL —")
+    assert "· 1h06m/epoch ·" in line and line.endswith("ETA 110h00m")
