@@ -4,6 +4,8 @@
 
 Each notebook NN_name.ipynb is executed with its `parameters` cell set, into
 <output>/NN_name.ipynb, with its figures and metrics.json in <output>/NN_name/.
+What its cells print (which model is trained or loaded, a line per training epoch)
+is shown as it comes, indented under the notebook's name.
 A summary (wall time and key numbers of every notebook) goes to <output>/summary.json,
 and the claims scorecard of notebook 11 is printed at the end and copied to
 <output>/scorecard.json. The first failing notebook stops the run with its name, cell
@@ -36,7 +38,26 @@ def list_notebooks(only: Optional[Iterable[str]] = None, folder: Path = NOTEBOOK
     return books
 
 
-def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "python3") -> dict:
+class _Indented:
+    """A text stream that indents each line it writes (a notebook's printed output under its name)."""
+
+    def __init__(self, stream, prefix: str = "    │ "):
+        self.stream, self.prefix, self.at_line_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.stream.write(self.prefix)
+            self.stream.write(piece)
+            self.at_line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "python3", stream=None) -> dict:
+    """Execute one notebook into `output`; what its cells print goes to `stream` as it comes (if given)."""
     import papermill as pm
     name = path.stem
     out_dir = output / name
@@ -45,7 +66,8 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
     t0 = time.time()
     try:
         pm.execute_notebook(str(path), str(output / path.name), parameters=params, kernel_name=kernel,
-                            cwd=str(NOTEBOOKS.parent), progress_bar=False)
+                            cwd=str(NOTEBOOKS.parent), progress_bar=False,
+                            stdout_file=_Indented(stream) if stream is not None else None)
     except pm.PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[0] if err.source else ""
         # the execution count, as the notebook shows it (papermill's cell_index counts the
@@ -71,7 +93,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     t0 = time.time()
     for book in list_notebooks(only):
         print(f"[{time.strftime('%H:%M:%S')}] {book.name} …", flush=True)
-        result = run_notebook(book, output, parameters)
+        result = run_notebook(book, output, parameters, stream=sys.stdout)
         print(f"    done in {result['wall_time_s']:.0f} s; figures: {', '.join(result['figures']) or 'none'}", flush=True)
         summary["notebooks"].append(result)
         summary["total_wall_time_s"] = round(time.time() - t0, 1)

@@ -5,6 +5,7 @@ the real CelebA and OASIS images; otherwise on the bundled synthetic portraits.
 """
 import json
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -140,6 +141,16 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
     # In [1] is papermill's injected-parameters cell, so the raising cell runs as In [3]
     with pytest.raises(NotebookFailed, match=r"99_broken.ipynb failed in cell In \[3\] \('raise ValueError\('boom'\)'\): ValueError: boom"):
         run_notebook(path, tmp_path / "out", {})
+
+
+def test_a_notebooks_printed_lines_stream_to_the_runner(tmp_path, capsys):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("prints"), nbformat.v4.new_code_cell("print('epoch 1'); print('epoch 2')")]
+    path = tmp_path / "98_prints.ipynb"
+    nbformat.write(nb, path)
+    run_notebook(path, tmp_path / "out", {}, stream=sys.stdout)
+    assert "    │ epoch 1\n    │ epoch 2\n" in capsys.readouterr().out
 
 
 def test_table1_numbers_state_their_protocol(smoke_run):
