@@ -114,6 +114,10 @@ class Config:
     pretrain_min_improvement: Optional[float] = None
     batch_size: int = 25
     lr: float = 1e-4
+    # the learning rate once mean-only pre-training has ended (None: lr throughout, as the paper).
+    # The NLL hardly restrains the mean along P's directions, so after P is released the mean
+    # drifts there at a speed that grows with the learning rate (train.Trainer.evaluate).
+    lr_after_pretrain: Optional[float] = None
     seed: int = 0
     amp: bool = False
     channels_last: bool = False

@@ -120,6 +120,13 @@ def _show(ax, img: torch.Tensor, kind: str, vmax: Optional[float] = None):
     return ax.imshow(m, cmap="magma", vmin=0, vmax=vmax or (m.max() + 1e-12))
 
 
+def _suptitle(fig, title: str, fontsize: float = 9) -> None:
+    """The figure's caption, wrapped to the figure's width (about 1.9 characters per point of width)."""
+    import textwrap
+    width = max(40, int(fig.get_figwidth() * 72 * 1.9 / fontsize))
+    fig.suptitle(textwrap.fill(title, width), fontsize=fontsize)
+
+
 def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: int = 4,
                             title: str = ""):
     """One column block per model (e.g. β-VAE | SOS-VAE), rows as in Fig. 2.
@@ -137,7 +144,8 @@ def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: 
     for r, kind in enumerate(rows):
         for m, name in enumerate(names):
             imgs = panels[name][kind][:n_cols]
-            vmax = None if kind in ("mean", "sample") else float(imgs.mean(1).abs().max()) + 1e-12
+            peak = None if kind in ("mean", "sample") else float(imgs.mean(1).abs().max())
+            vmax = None if peak is None else peak + 1e-12
             block = axes[r, m * n_cols:(m + 1) * n_cols]
             for c, ax in enumerate(block):
                 image = _show(ax, imgs[c], kind, vmax)
@@ -145,10 +153,13 @@ def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: 
                     ax.set_ylabel(ROW_TITLES[kind], fontsize=8)
                 if r == 0 and c == 0:
                     ax.set_title(name, fontsize=9, loc="left")
-            if vmax is not None:
+            if peak == 0.0:  # e.g. the β-VAE's covariance between two pixels: a colour bar of nothing
+                block[0].text(0.5, 0.5, "0 everywhere", color="white", fontsize=7, ha="center", va="center",
+                              transform=block[0].transAxes)
+            elif vmax is not None:
                 bar = fig.colorbar(image, ax=list(block), fraction=0.04, pad=0.02)
                 bar.ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
+    _suptitle(fig, title)
     return fig
 
 
@@ -168,7 +179,7 @@ def plot_mosaics(blocks: Dict[str, torch.Tensor], title: str = "", cell: float =
         ax.imshow(mosaic.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(label, fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
+    _suptitle(fig, title)
     return fig
 
 
@@ -206,8 +217,8 @@ def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequen
     """Draw a (rows, cols, C, H, W) grid of images clamped to [0, 1]."""
     import matplotlib.pyplot as plt
     rows, cols = images.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows * images.shape[-2] / images.shape[-1]),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows * images.shape[-2] / images.shape[-1] + 0.5),
+                             squeeze=False, layout="constrained")
     for i in range(rows):
         for j in range(cols):
             ax = axes[i, j]
@@ -216,8 +227,7 @@ def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequen
                 ax.set_ylabel(row_labels[i], fontsize=7)
             if col_labels is not None and i == 0:
                 ax.set_title(col_labels[j], fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _suptitle(fig, title, 10)
     return fig
 
 
@@ -460,7 +470,9 @@ def save_figure(fig, output_dir, name: str) -> Path:
 
 CURVES = [("nll", "reconstruction NLL (nats/image)", "symlog"), ("kl", "KL (nats/image)", "linear"),
           ("entropy", "entropy H[p(x|z)] (nats/image)", "linear"), ("lambda_kl", "λ_KL", "symlog"),
-          ("lambda_entropy", "λ_H", "symlog"), ("mean_variance", "mean pixel variance", "log")]
+          ("lambda_entropy", "λ_H", "symlog"), ("mean_variance", "mean pixel variance", "log"),
+          ("val_mean_mse", "the mean's squared error, validation (per epoch)", "log")]
+EPOCH_CURVES = ("val_mean_mse",)  # read from the per-epoch log, not smoothed
 
 
 def read_metrics(run_dir, kind: str = "steps") -> Dict[str, np.ndarray]:
@@ -477,24 +489,28 @@ def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, floa
     targets: optional horizontal lines, e.g. {"kl": ξ_KL, "entropy": ξ_H}.
     """
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.8), layout="constrained")
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.8), layout="constrained")
+    for ax in axes.flat[len(CURVES):]:
+        ax.axis("off")
     for name, run_dir in runs.items():
-        m = read_metrics(run_dir)
+        logs = {"steps": read_metrics(run_dir), "epochs": read_metrics(run_dir, "epochs")}
         for ax, (key, label, scale) in zip(axes.flat, CURVES):
+            m = logs["epochs" if key in EPOCH_CURVES else "steps"]
             y = m.get(key)
             if y is None or not np.isfinite(y).any():
                 continue
-            if smooth > 1 and len(y) > smooth:
+            if key not in EPOCH_CURVES and smooth > 1 and len(y) > smooth:
                 y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-            ax.plot(m["step"][:len(y)], y, label=name, lw=1.2)
+            ax.plot(m["step"][:len(y)], y, label=name, lw=1.2, marker="." if key in EPOCH_CURVES else None)
     for ax, (key, label, scale) in zip(axes.flat, CURVES):
         if targets and key in targets and targets[key] is not None:
             ax.axhline(targets[key], color="k", ls="--", lw=0.8, label=f"target {targets[key]:.4g}")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_yscale(scale)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    _suptitle(fig, title)
     return fig
 
 

@@ -329,7 +329,7 @@ class Trainer:
         if dataset is None or len(dataset.images) == 0:
             return {}
         self.model.eval()
-        nll_sum = kl_sum = 0.0
+        nll_sum = kl_sum = sq_sum = 0.0
         n = min(len(dataset.images), max_images)
         # Own RNG stream: only rank 0 validates, and the ranks' training RNGs must stay in
         # step (they draw the global batch's noise); fixed noise also makes epochs comparable.
@@ -339,10 +339,14 @@ class Trainer:
             for start in range(0, n, self.cfg.batch_size):
                 x = dataset.images[start:start + self.cfg.batch_size]
                 x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(self.device)
-                nll, kl, _, _ = self.terms(x, self.plain_terms)
+                nll, kl, _, obs = self.terms(x, self.plain_terms)
                 nll_sum += float(nll.sum())
                 kl_sum += float(kl.sum()) if kl is not None else float("nan")
-        return {"val_nll": nll_sum / n, "val_kl": kl_sum / n}
+                sq_sum += float((obs.mean.float() - x.flatten(1)).pow(2).mean(1).sum())
+        # val_mean_mse: how well the decoded mean alone fits. Once P is released it can rise
+        # while the NLL falls: the NLL hardly restrains the mean along P's directions (its
+        # gradient there is damped by ε/(s² + ε)), so the mean may drift there and P grows to cover it.
+        return {"val_nll": nll_sum / n, "val_kl": kl_sum / n, "val_mean_mse": sq_sum / n}
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -371,6 +375,8 @@ class Trainer:
             pretrain = self.epoch < self.cfg.pretrain_epochs and not self.pretrain_done
             for p in self.model.variance_parameters():  # mean-only pre-training (Section 3.3)
                 p.requires_grad_(not pretrain)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr if pretrain or self.cfg.lr_after_pretrain is None else self.cfg.lr_after_pretrain
             bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, disable=not (self.progress and self.is_main),
                        desc=f"{self.cfg.model} epoch {self.epoch + 1}/{self.cfg.epochs}"
                             + (" (mean only)" if pretrain else ""), leave=False)
@@ -474,7 +480,8 @@ def epoch_line(cfg: Config, epochs_done: int, summary: dict, pretrain: bool) -> 
         return "—" if v is None or not math.isfinite(v) else format(v, fmt)
     per_epoch = summary["wall_time"] / max(epochs_done, 1)
     return (f"[{cfg.experiment}/{cfg.model}] epoch {epochs_done}/{cfg.epochs}" + (" (mean only)" if pretrain else "")
-            + f" · NLL {num('nll', '.5g')} (val {num('val_nll', '.5g')}) · KL {num('kl', '.3g')}"
+            + f" · NLL {num('nll', '.5g')} (val {num('val_nll', '.5g')}) · mean MSE (val) {num('val_mean_mse', '.3g')}"
+            + f" · KL {num('kl', '.3g')}"
             + f" · H {num('entropy', '.5g')} · λ_KL {num('lambda_kl', '.3g')} · λ_H {num('lambda_entropy', '.3g')}"
             + f" · variance {num('mean_variance', '.3g')} · {_duration(per_epoch)}/epoch"
             + f" · ETA {_duration(per_epoch * (cfg.epochs - epochs_done))}")

@@ -44,13 +44,21 @@ def test_fig2_map_rows_have_one_scale_and_colour_bar_per_model(model):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    z = torch.randn(2, 4)
-    panel = figures.observation_panel(model, z, seed=3)
+    panel = figures.observation_panel(model, torch.randn(2, 4, generator=torch.Generator().manual_seed(0)), seed=3)
+    panel["cov_negative"] = panel["cov_positive"].flip(-1)  # this small model's covariance is all positive
     louder = {k: (v * 3 if k not in ("mean", "sample") else v) for k, v in panel.items()}
     fig = figures.plot_observation_panels({"a": panel, "b": louder}, n_cols=2)
     axes = fig.axes[:len(figures.ROW_TITLES) * 4]
     bars = fig.axes[len(axes):]
     assert len(bars) == 4 * 2  # one colour bar per map row and model
+    plt.close(fig)
+    # a row that is zero everywhere (a diagonal model's covariance between pixels) says so, without a bar
+    zero = dict(panel, cov_positive=torch.zeros_like(panel["cov_positive"]))
+    fig = figures.plot_observation_panels({"a": zero, "b": louder}, n_cols=2)
+    assert len(fig.axes) == len(axes) + 7
+    assert [t.get_text() for t in fig.axes[4 * 4].texts] == ["0 everywhere"]
+    plt.close(fig)
+    fig = figures.plot_observation_panels({"a": panel, "b": louder}, n_cols=2)
     for r, kind in enumerate(figures.ROW_TITLES):
         for m, p in enumerate((panel, louder)):
             limits = {ax.images[0].get_clim() for ax in axes[r * 4 + 2 * m:r * 4 + 2 * (m + 1)]}

@@ -49,6 +49,30 @@ def test_mean_only_pretraining_freezes_the_covariance(lfw, tmp_path):
     assert not torch.equal(mean_before, tr.model.head.mean.bias)
 
 
+def test_learning_rate_after_pretraining_and_the_means_validation_error(lfw, tmp_path):
+    cfg = smoke("sos", epochs=3, pretrain_epochs=1, lr_after_pretrain=1e-4)
+    tr = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
+    steps = len(lfw["train"].images) // cfg.batch_size
+    tr.fit(max_steps=steps - 1)  # within the pre-training epoch
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [cfg.lr]
+    tr.fit(max_steps=steps + 1)
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [1e-4]
+    # a resumed run keeps the lower rate
+    again = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
+    again.fit()
+    assert [g["lr"] for g in again.optimizer.param_groups] == [1e-4]
+    from sosvae_core.figures import read_metrics
+    m = read_metrics(tmp_path / "run", "epochs")
+    assert len(m["val_mean_mse"]) == 3 and (m["val_mean_mse"] > 0).all()
+    # the mean's validation error is the decoded mean's squared error, per pixel, averaged over images
+    model = again.model.eval()
+    x = lfw["val"].to_float() if hasattr(lfw["val"], "to_float") else lfw["val"].images.float() / 255
+    torch.manual_seed(cfg.seed + 2)
+    with torch.no_grad():
+        nll, kl, _, obs = again.terms(x, again.plain_terms)
+    assert m["val_mean_mse"][-1] == pytest.approx(float((obs.mean - x.flatten(1)).pow(2).mean()), rel=1e-5)
+
+
 def test_pretraining_ends_when_the_validation_nll_levels_off(lfw, tmp_path):
     cfg = smoke("sos", epochs=3, pretrain_epochs=20, pretrain_min_improvement=0.05)
     tr = Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False)
