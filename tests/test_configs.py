@@ -75,3 +75,10 @@ def test_bad_names_and_overrides():
         get_config("lfw", "quick", "vq")
     with pytest.raises(ValueError, match=r"unknown config field\(s\) \['epoch'\]"):
         get_config("lfw", "quick", epoch=3)
+
+
+def test_quick_runs_damp_only_violated_bounds_and_the_paper_profile_follows_the_papers_code():
+    for experiment in EXPERIMENTS:
+        assert get_config(experiment, "quick", "sos").one_sided_damping, experiment
+        assert not get_config(experiment, "paper", "sos").one_sided_damping, experiment
+        assert get_config(experiment, "paper", "sos").lr_after_pretrain is None  # the paper: one lr throughout
