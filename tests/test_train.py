@@ -221,5 +221,5 @@ def test_progress_says_trained_or_loaded_and_prints_a_line_per_epoch(lfw, tmp_pa
 def test_epoch_line_formats_missing_numbers_and_long_runs():
     cfg = smoke("distribution", epochs=100)
     line = epoch_line(cfg, 1, {"nll": 12.5, "kl": float("nan"), "wall_time": 4000.0}, pretrain=True)
-    assert line.startswith("[lfw/distribution] epoch 1/100 (mean only) · NLL 12.5 (val —) · KL —")
+    assert line.startswith("[lfw/distribution] epoch 1/100 (mean only) · NLL 12.5 (val —) · mean MSE (val) — · KL —")
     assert "· 1h06m/epoch ·" in line and line.endswith("ETA 110h00m")
