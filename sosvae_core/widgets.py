@@ -720,7 +720,7 @@ class EditPanel(_Panel):
     principal components are all scaled by it, P → cP (eq. 5), from 1 (the full P) down to
     the paper code's floor of 0.03, which is where the authors' editor works
     (`PAPER_EDIT_SCALE`). A smaller scale lets the εI term weigh more against P, so an
-    edit spreads less far. It acts on low-rank models only.
+    edit moves the unedited pixels less. It acts on low-rank models only.
 
     Arguments as for ComponentPanel, plus the initial `colour`, brush `radius` and
     `component_scale`.
