@@ -613,7 +613,7 @@ PAPER_TABLE1 = {
     ("celeba64_gray", "sos"): (70.43, 74.66),
 }
 MODEL_NAMES = {"beta": "β-VAE", "sos": "SOS-VAE", "dorta": "Dorta et al.", "distribution": "distribution-only"}
-# how a dataset is named in Table 1: the brain rows' paper values are UK Biobank's
+# how a dataset is named in Table 1 and the figure captions: the brain rows' paper values are UK Biobank's
 DATASET_LABELS = {"brain": "brain: OASIS (paper: UK Biobank)"}
 
 

@@ -145,10 +145,9 @@ def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: 
         for m, name in enumerate(names):
             imgs = panels[name][kind][:n_cols]
             peak = None if kind in ("mean", "sample") else float(imgs.mean(1).abs().max())
-            vmax = None if peak is None else peak + 1e-12
             block = axes[r, m * n_cols:(m + 1) * n_cols]
             for c, ax in enumerate(block):
-                image = _show(ax, imgs[c], kind, vmax)
+                image = _show(ax, imgs[c], kind, None if peak is None else peak + 1e-12)
                 if c == 0 and m == 0:
                     ax.set_ylabel(ROW_TITLES[kind], fontsize=8)
                 if r == 0 and c == 0:
@@ -156,7 +155,7 @@ def plot_observation_panels(panels: Dict[str, Dict[str, torch.Tensor]], n_cols: 
             if peak == 0.0:  # e.g. the β-VAE's covariance between two pixels: a colour bar of nothing
                 block[0].text(0.5, 0.5, "0 everywhere", color="white", fontsize=7, ha="center", va="center",
                               transform=block[0].transAxes)
-            elif vmax is not None:
+            elif peak is not None:
                 bar = fig.colorbar(image, ax=list(block), fraction=0.04, pad=0.02)
                 bar.ax.tick_params(labelsize=6)
     _suptitle(fig, title)

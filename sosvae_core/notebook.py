@@ -70,10 +70,9 @@ class NotebookContext:
 
     def caption(self, figure: str, what: str, dataset: Optional[str] = None) -> str:
         """A figure's title line: the paper figure, the dataset, the profile, and what is drawn (with N)."""
+        from .fid import DATASET_LABELS  # one name for the OASIS stand-in, as in Table 1
         name = dataset or self.dataset
-        if name == "brain":
-            name = "OASIS brain slices (for UK Biobank)"
-        return f"{figure} · {name} · {self.profile} profile · {what}"
+        return f"{figure} · {DATASET_LABELS.get(name, name)} · {self.profile} profile · {what}"
 
     @property
     def has_real_data(self) -> bool:
