@@ -526,7 +526,8 @@ def plot_fid_table(rows: List[dict], title: str = ""):
             if r.get(key) is not None:
                 ax.plot([i + dx - 0.18, i + dx + 0.18], [r[key]] * 2, "k-", lw=2)
     if any(r.get(key) is not None for r in rows for key in ("paper_means", "paper_samples")):
-        ax.plot([], [], "k-", lw=2, label="paper (N = 50,000)")
+        from .fid import PAPER_N
+        ax.plot([], [], "k-", lw=2, label=f"paper (N = {PAPER_N:,})")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(f"FID (N = {rows[0]['n']})")
     ax.legend(fontsize=8)
