@@ -26,7 +26,8 @@ def cmd_train(args) -> int:
     import torch.distributed as dist
 
     from .configs import Config, get_config
-    from .train import Trainer, run_name, runs_root
+    from .paths import cache_root, runs_root
+    from .train import Trainer, run_name
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
@@ -52,7 +53,7 @@ def cmd_train(args) -> int:
         if not distributed or dist.get_rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
         trainer = Trainer(cfg, run_dir, data_root=args.data_root, device=args.device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, cache_dir=cache_root(args.cache_dir, args.runs_dir))
         trainer.fit(max_steps=args.max_steps)
         if trainer.is_main:
             state = "stopped at" if args.max_steps and trainer.epoch < cfg.epochs else "finished:"
@@ -91,7 +92,9 @@ def main(argv=None) -> int:
     t.add_argument("--model", default="sos", choices=["sos", "beta", "dorta", "distribution", "sos_learned_diag"])
     t.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    t.add_argument("--runs-dir", help="parent of run folders (default: $SOSVAE_RUNS_DIR or ./runs)")
+    t.add_argument("--runs-dir", help="parent of run folders, shared with run_all.sh and the notebooks "
+                                      "(default: $SOSVAE_RUNS_DIR, else runs/ of the checkout)")
+    t.add_argument("--cache-dir", help="decoded-image cache (default: $SOSVAE_CACHE_DIR, else cache/ beside the runs)")
     t.add_argument("--run-dir", help="exact run folder (default: derived from the config)")
     t.add_argument("--device", default="auto")
     t.add_argument("--max-steps", type=int, help="stop (checkpointed) after this many steps in all")
@@ -115,7 +118,8 @@ def main(argv=None) -> int:
     f.add_argument("--weights", help="Inception weights file (default: $SOSVAE_FID_WEIGHTS, then the search order)")
     f.add_argument("--device", default="auto")
     f.add_argument("--batch-size", type=int, default=100)
-    f.add_argument("--cache-dir", help="folder for cached reference statistics")
+    f.add_argument("--cache-dir", help="cached reference statistics (default: $SOSVAE_CACHE_DIR, else cache/ beside "
+                                       "the runs)")
     f.set_defaults(func=cmd_fid)
 
     args = ap.parse_args(argv)

@@ -92,6 +92,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .paths import ENV_CACHE_DIR, ENV_DATA_ROOT
+
 __all__ = [
     "DATASETS",
     "DEFAULT_N_IMAGES",
@@ -117,8 +119,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENV_DATA_ROOT = "SOSVAE_DATA_ROOT"
-ENV_CACHE_DIR = "SOSVAE_CACHE_DIR"
 DEFAULT_N_IMAGES = 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "val", "test")

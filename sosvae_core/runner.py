@@ -1,6 +1,7 @@
 """Execute the numbered notebooks headless with papermill (run_all.sh and the tests).
 
     python -m sosvae_core.runner --profile quick [--data-root DIR] [--device cpu] [--only 02 05] [--output outputs]
+                                 [--runs-dir DIR]
 
 Each notebook NN_name.ipynb is executed with its `parameters` cell set, into
 <output>/NN_name.ipynb, with its figures and metrics.json in <output>/NN_name/.
@@ -8,7 +9,8 @@ What its cells print (which model is trained or loaded, a line per training epoc
 is shown as it comes, indented under the notebook's name.
 A summary (wall time and key numbers of every notebook) goes to <output>/summary.json,
 and the claims scorecard of notebook 11 is printed at the end and copied to
-<output>/scorecard.json. The first failing notebook stops the run with its name, cell
+<output>/scorecard.json. Trained models are found in, and written to, the runs folder
+that the command line and Jupyter share (`paths.runs_root`). The first failing notebook stops the run with its name, cell
 and error.
 """
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Iterable, Optional
+
+from .paths import ENV_DATA_ROOT, ENV_RUNS_DIR, runs_root
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -82,14 +86,19 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
 
 
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,
-            output="outputs", dataset=None, seed: int = 0) -> dict:
+            output="outputs", dataset=None, seed: int = 0, runs_dir=None) -> dict:
+    """Execute the notebooks (all, or `only`) into `output`. Trained models come from, and go
+    to, the runs folder shared with the command line and Jupyter (`paths.runs_root`)."""
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
+    runs = runs_root(runs_dir).resolve()
     parameters = {"profile": profile, "data_root": str(data_root) if data_root else None, "device": device,
-                  "runs_dir": str(output / "runs"), "seed": seed}
+                  "runs_dir": str(runs), "seed": seed}
     if dataset:
         parameters["dataset"] = dataset
-    summary = {"profile": profile, "data_root": parameters["data_root"], "device": device, "notebooks": []}
+    summary = {"profile": profile, "data_root": parameters["data_root"], "device": device, "runs_dir": str(runs),
+               "notebooks": []}
+    print(f"trained models: {runs} (found there when already trained)", flush=True)
     t0 = time.time()
     for book in list_notebooks(only):
         print(f"[{time.strftime('%H:%M:%S')}] {book.name} …", flush=True)
@@ -115,18 +124,20 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
-    ap.add_argument("--data-root", default=os.environ.get("SOSVAE_DATA_ROOT"))
+    ap.add_argument("--data-root", default=os.environ.get(ENV_DATA_ROOT))
     ap.add_argument("--dataset", help="override the notebooks' default dataset")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="notebook numbers, e.g. 02 05")
     ap.add_argument("--output", default="outputs")
+    ap.add_argument("--runs-dir", help=f"parent of the run folders (default: ${ENV_RUNS_DIR}, else runs/ of the checkout)")
     args = ap.parse_args(argv)
     if args.data_root and not Path(args.data_root).is_dir():
         print(f"error: data root {args.data_root} is not a folder; pass --data-root DIR "
               f"(the folder holding celeba/ and brain_oasis/)", file=sys.stderr)
         return 2
     try:
-        summary = run_all(args.profile, args.data_root, args.device, args.only, args.output, args.dataset)
+        summary = run_all(args.profile, args.data_root, args.device, args.only, args.output, args.dataset,
+                          runs_dir=args.runs_dir)
     except (NotebookFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ from .configs import Config
 from .likelihood import CapacitanceError
 from .networks import VAE, DistributionOnly
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
+from .paths import runs_root  # noqa: F401  (part of this module's interface: where get_or_train looks)
 
 PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
@@ -488,11 +489,6 @@ def epoch_line(cfg: Config, epochs_done: int, summary: dict, pretrain: bool) -> 
 
 
 # -- train once, then load ------------------------------------------------------------------
-
-def runs_root(runs_dir=None) -> Path:
-    """Where runs live: the argument, else $SOSVAE_RUNS_DIR, else ./runs."""
-    return Path(runs_dir or os.environ.get("SOSVAE_RUNS_DIR", "runs"))
-
 
 def run_name(cfg: Config) -> str:
     """A readable folder name, unique to what the config trains: experiment-profile-model-<hash>
