@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# Install the package with its pinned dependencies (pip install -e ".[all]"), only when needed:
-# when this Python cannot import sosvae_core, or pyproject.toml changed since the last install.
+# Install the package with the dependency versions CI tests (pip install -e ".[all]" -c constraints.txt),
+# only when needed: when this Python cannot import sosvae_core, or pyproject.toml or constraints.txt
+# changed since the last install.
 #   bash install.sh [--force]
 # run_all.sh and test.sh call it first; give them --no-install to skip it.
-# SOSVAE_PIP replaces the install command (default: python3 -m pip install ... -e ".[all]").
+# SOSVAE_PIP replaces the install command (default: python3 -m pip install ... -e ".[all]" -c constraints.txt).
 set -euo pipefail
 cd "$(dirname "$0")"
-stamp=".install-stamp"  # git-ignored: the Python and the pyproject.toml of the last install
-want="$(command -v python3) $(sha256sum pyproject.toml | cut -d' ' -f1)"
+stamp=".install-stamp"  # git-ignored: the Python, pyproject.toml and constraints.txt of the last install
+want="$(command -v python3) $(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "${1:-}" != "--force" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
         && (cd / && python3 -c "import sosvae_core") 2>/dev/null; then
-    echo "sosvae is installed and pyproject.toml is unchanged: not reinstalling (bash install.sh --force does)"
+    echo "sosvae is installed and pyproject.toml and constraints.txt are unchanged: not reinstalling (bash install.sh --force does)"
     exit 0
 fi
-echo "installing sosvae and its pinned dependencies (pip install -e \".[all]\") ..."
+echo "installing sosvae and the dependency versions CI tests (pip install -e \".[all]\" -c constraints.txt) ..."
 if [ -n "${SOSVAE_PIP:-}" ]; then
     bash -c "$SOSVAE_PIP"
 else
-    python3 -m pip install -q --disable-pip-version-check -e ".[all]"
+    python3 -m pip install -q --disable-pip-version-check -e ".[all]" -c constraints.txt
 fi
 echo "$want" > "$stamp"

