@@ -9,7 +9,8 @@ What its cells print (which model is trained or loaded, a line per training epoc
 is shown as it comes, indented under the notebook's name.
 A summary (wall time and key numbers of every notebook) goes to <output>/summary.json,
 and the claims scorecard of notebook 11 is printed at the end and copied to
-<output>/scorecard.json. Trained models are found in, and written to, the runs folder
+<output>/scorecard.json. The results page <output>/index.html (`report.py`) gathers the
+scorecard, Table 1 and every figure. Trained models are found in, and written to, the runs folder
 that the command line and Jupyter share (`paths.runs_root`). The first failing notebook stops the run with its name, cell
 and error.
 """
@@ -100,24 +101,30 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
                "notebooks": []}
     print(f"trained models: {runs} (found there when already trained)", flush=True)
     t0 = time.time()
-    for book in list_notebooks(only):
-        print(f"[{time.strftime('%H:%M:%S')}] {book.name} …", flush=True)
-        result = run_notebook(book, output, parameters, stream=sys.stdout)
-        print(f"    done in {result['wall_time_s']:.0f} s; figures: {', '.join(result['figures']) or 'none'}", flush=True)
-        summary["notebooks"].append(result)
-        summary["total_wall_time_s"] = round(time.time() - t0, 1)
-        tmp = output / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
-        os.replace(tmp, output / "summary.json")
-    card = output / "11_claims_scorecard" / "scorecard.json"
-    if card.exists():
-        from .scorecard import format_scorecard
-        text = card.read_text()
-        (output / "scorecard.json").write_text(text)
-        data = json.loads(text)
-        print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
-        print(format_scorecard(data["claims"]), flush=True)
-        summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
+    try:
+        for book in list_notebooks(only):
+            print(f"[{time.strftime('%H:%M:%S')}] {book.name} …", flush=True)
+            result = run_notebook(book, output, parameters, stream=sys.stdout)
+            print(f"    done in {result['wall_time_s']:.0f} s; figures: {', '.join(result['figures']) or 'none'}",
+                  flush=True)
+            summary["notebooks"].append(result)
+            summary["total_wall_time_s"] = round(time.time() - t0, 1)
+            tmp = output / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, default=float))
+            os.replace(tmp, output / "summary.json")
+        card = output / "11_claims_scorecard" / "scorecard.json"
+        if card.exists():
+            from .scorecard import format_scorecard
+            text = card.read_text()
+            (output / "scorecard.json").write_text(text)
+            data = json.loads(text)
+            print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
+            print(format_scorecard(data["claims"]), flush=True)
+            summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
+    finally:  # the results page, also of a run that stopped early (what it has so far)
+        from .report import build_index
+        summary["index"] = str(build_index(output))
+        print(f"results page: {summary['index']}", flush=True)
     return summary
 
 

@@ -373,7 +373,7 @@ def format_scorecard(rows: List[dict]) -> str:
     for r in rows:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[r["pass"]]
         lines.append(f"{r['claim']:>2} {verdict} [{r['dataset']}] {r['title']}\n"
-                     f"        ours: {_ours_text(r)}\n        paper: {r['paper']}\n        rule: {r['rule']}"
+                     f"        ours: {ours_text(r)}\n        paper: {r['paper']}\n        rule: {r['rule']}"
                      + (f"\n        note: {r['note']}" if r["note"] else ""))
     passed = sum(r["pass"] is True for r in rows)
     measured = sum(r["pass"] is not None for r in rows)
@@ -381,7 +381,7 @@ def format_scorecard(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def _ours_text(r: dict) -> str:
+def ours_text(r: dict) -> str:
     if "edits" in r["ours"]:
         return "; ".join(f"{k}: propagation {v['propagation']:.2f}, unchanged {v['unchanged_fraction']:.2f}"
                          for k, v in r["ours"]["edits"].items())
@@ -394,7 +394,7 @@ def markdown_scorecard(rows: List[dict]) -> str:
     for r in rows:
         verdict = {True: "✅ pass", False: "❌ fail", None: "—"}[r["pass"]]
         note = f" ({r['note']})" if r["note"] else ""
-        lines.append(f"| {r['claim']} | {r['title']} | {r['dataset']} | {_ours_text(r)}{note} | {r['paper']} | "
+        lines.append(f"| {r['claim']} | {r['title']} | {r['dataset']} | {ours_text(r)}{note} | {r['paper']} | "
                      f"{r['rule']} | {verdict} |")
     return "\n".join(lines)
 

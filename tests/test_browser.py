@@ -276,3 +276,44 @@ def test_widgets_in_jupyterlab(lab, browser):
         assert not errors, errors
     finally:
         page.close()
+
+
+def test_results_page_in_chromium(browser, tmp_path):
+    """index.html of a run: every image loads, the scorecard and Table 1 are there, links resolve."""
+    from PIL import Image
+
+    from sosvae_core import scorecard
+    from sosvae_core.report import build_index
+    out = tmp_path / "outputs"
+    for book, pngs in {"02_fig1_fig2_structured_uncertainty": ["fig1_celeba", "fig2_celeba"],
+                       "07_appA_unstabilised": ["fig8_unstabilised"]}.items():
+        (out / book).mkdir(parents=True)
+        for i, name in enumerate(pngs):
+            Image.new("RGB", (40 + i, 30), (200, 30 * i, 90)).save(out / book / f"{name}.png")
+        (out / f"{book}.ipynb").write_text("{}")
+    rows = [scorecard.row(2, "celeba", {"pixel_variance": 0.04}, "0.0322"),
+            scorecard.row(9, "celeba", {"ratio": 3.1}, "11.76 against 0.0322")]
+    scorecard.save_scorecard(rows, out / "scorecard.json", profile="quick")
+    write_json(out / "08_table1_fid" / "metrics.json", {"table1": [
+        {"dataset": "celeba", "model": "sos", "n": 250, "n_reference": 2000, "fid_means": 251.0,
+         "fid_samples": 240.5, "paper_means": 132.93, "paper_samples": 104.62}]})
+    write_json(out / "summary.json", {"profile": "quick", "device": "cpu", "notebooks": [
+        {"notebook": "02_fig1_fig2_structured_uncertainty.ipynb", "wall_time_s": 12.0},
+        {"notebook": "07_appA_unstabilised.ipynb", "wall_time_s": 3.0}]})
+    page = browser.new_page()
+    try:
+        page.goto(build_index(out).as_uri())
+        page.wait_for_load_state("load")
+        images = page.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        assert sorted(src for src, _, _ in images) == sorted(
+            f"{p.parent.name}/{p.name}" for p in out.glob("*/*.png"))
+        assert all(done and width > 0 for _, done, width in images), images
+        text = page.inner_text("body")
+        assert "1 of 2 measured claims pass" in text and "104.62" in text and "Paper, Fig. 8" in text
+        links = page.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
+        assert sorted(links) == ["02_fig1_fig2_structured_uncertainty.ipynb", "07_appA_unstabilised.ipynb"]
+        assert all((out / href).exists() for href in links)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "results_page.png"), full_page=True)
+    finally:
+        page.close()

@@ -53,6 +53,17 @@ def test_every_notebook_ran_and_saved_figures(smoke_run):
             assert r["figures"], f"{r['notebook']} saved no figure"
 
 
+def test_the_results_page_shows_every_figure_and_the_scorecard(smoke_run):
+    import re
+    results, out = smoke_run
+    page = (out / "index.html").read_text()
+    sources = set(re.findall(r'<img src="([^"]+)"', page))
+    assert sources == {f"{r['notebook'][:-6]}/{name}" for r in results.values() for name in r["figures"]}
+    assert "measured claims pass" in page and "Table 1: FID" in page
+    for r in results.values():
+        assert f'<a href="{r["notebook"]}">' in page
+
+
 def test_each_paper_figure_is_saved(smoke_run):
     results, _ = smoke_run
     data = bool(os.environ.get("SOSVAE_DATA_ROOT"))
