@@ -24,14 +24,14 @@ PAPER_FIGURES = {
          "covariance to a pixel. SOS-VAE's covariance follows the face; the negative part lies on hair and background.",
     "3": "100 samples of Dorta et al.'s model (sparse precision) against SOS-VAE's at 64×64 gray.",
     "4": "Spherical interpolation between four draws of ω_p: every cell is a plausible sample, the steps are smooth.",
-    "5": "Each of the ten most principal components scaled from negative to positive, the others at 0.03: "
-         "components recolour regions (hair, skin, background).",
+    "5": "Each of the ten most principal components of P scaled from −5 to +5 for a fixed ω_p: the SVD makes "
+         "each component's effect separable and semantically relevant.",
     "6": "Sequential editing: a stroke on the hair recolours the hair, one on the skin the skin.",
     "7": "The distribution-only model (no latent) against a 25-component PCA: little perceivable difference.",
     "8": "App. A: without εI and the entropy bound the variance explodes (11.76 against 0.0322): over-bright, "
          "high-contrast samples.",
-    "9": "App. B: all 25 principal components on CelebA.",
-    "10": "App. B: all 25 principal components on UK Biobank brain slices.",
+    "9": "App. B: every principal component scaled from −5 to +5 on CelebA (rank 25).",
+    "10": "App. B: every principal component scaled from −5 to +5 on UK Biobank brain slices (rank 25).",
     "11": "App. C: sequential interactive editing.",
     "12": "App. C: interactive editing with a one-pixel stroke.",
 }
