@@ -3,12 +3,13 @@ versions CI tests in constraints.txt, and the README's example of the likelihood
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python ≥ 3.11 (tomllib)")
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 CORE = {"torch", "numpy", "scipy", "pillow", "tqdm"}
