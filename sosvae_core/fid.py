@@ -663,13 +663,19 @@ def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor
     return result
 
 
+TABLE1_HEADER = ("dataset", "model", "N (generated / reference)", "FID means", "paper", "FID samples", "paper")
+
+
+def table1_cells(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Table 1's cells as text, one tuple per row in TABLE1_HEADER's order (Markdown here, HTML in report.py)."""
+    fmt = lambda v: "—" if v is None else f"{v:.2f}"
+    return [(DATASET_LABELS.get(r["dataset"], r["dataset"]), MODEL_NAMES.get(r["model"], r["model"]),
+             f"{r['n']} / {r['n_reference']}", fmt(r["fid_means"]), fmt(r["paper_means"]), fmt(r["fid_samples"]),
+             fmt(r["paper_samples"])) for r in rows]
+
+
 def format_table1(rows: list[dict[str, Any]]) -> str:
     """Markdown table: ours next to the paper's (N = PAPER_N = 50,000) where known."""
-    fmt = lambda v: "—" if v is None else f"{v:.2f}"
-    lines = ["| dataset | model | N (generated / reference) | FID means | paper | FID samples | paper |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        dataset = DATASET_LABELS.get(r["dataset"], r["dataset"])
-        lines.append(f"| {dataset} | {MODEL_NAMES.get(r['model'], r['model'])} | {r['n']} / {r['n_reference']} | "
-                     f"{fmt(r['fid_means'])} | {fmt(r['paper_means'])} | {fmt(r['fid_samples'])} | {fmt(r['paper_samples'])} |")
+    lines = ["| " + " | ".join(TABLE1_HEADER) + " |", "|" + "---|" * len(TABLE1_HEADER)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table1_cells(rows)]
     return "\n".join(lines)

@@ -80,14 +80,9 @@ def _scorecard_html(card: dict) -> str:
 
 
 def _table1_html(rows) -> str:
-    from .fid import DATASET_LABELS, MODEL_NAMES
-    fmt = lambda v: "—" if v is None else f"{v:.2f}"
-    body = [(html.escape(DATASET_LABELS.get(r["dataset"], r["dataset"])),
-             html.escape(MODEL_NAMES.get(r["model"], r["model"])), f"{r['n']} / {r.get('n_reference', '?')}",
-             fmt(r.get("fid_means")), fmt(r.get("paper_means")), fmt(r.get("fid_samples")),
-             fmt(r.get("paper_samples"))) for r in rows]
-    return (_table(["dataset", "model", "N (generated / reference)", "FID means", "paper", "FID samples", "paper"],
-                   body)
+    from .fid import TABLE1_HEADER, table1_cells
+    body = [tuple(html.escape(c) for c in cells) for cells in table1_cells(rows)]
+    return (_table(TABLE1_HEADER, body)
             + "<p>The paper's values are at N = 50,000; FID at small N is biased upward, so compare only rows "
               "with the same N.</p>")
 
