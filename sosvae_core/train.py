@@ -43,7 +43,7 @@ from .configs import Config
 from .likelihood import CapacitanceError
 from .networks import VAE, DistributionOnly
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
-from .paths import runs_root  # noqa: F401  (part of this module's interface: where get_or_train looks)
+from .paths import runs_root
 
 PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
