@@ -10,10 +10,11 @@ _SESSION_DIR = None
 
 def pytest_configure(config):
     global _SESSION_DIR
-    if not os.environ.get(ENV_RUNS_DIR) or not os.environ.get(ENV_CACHE_DIR):
+    unset = [name for name in (ENV_RUNS_DIR, ENV_CACHE_DIR) if not os.environ.get(name, "").strip()]
+    if unset:  # an empty value counts as unset, as in sosvae_core.paths
         _SESSION_DIR = tempfile.TemporaryDirectory(prefix="sosvae-tests-")
-        os.environ.setdefault(ENV_RUNS_DIR, os.path.join(_SESSION_DIR.name, "runs"))
-        os.environ.setdefault(ENV_CACHE_DIR, os.path.join(_SESSION_DIR.name, "cache"))
+        for name in unset:
+            os.environ[name] = os.path.join(_SESSION_DIR.name, "runs" if name == ENV_RUNS_DIR else "cache")
 
 
 def pytest_unconfigure(config):
