@@ -1,4 +1,4 @@
-"""Command line: `python -m sosvae_core train|fid ...` (also `sosvae`, and under torchrun)."""
+"""Command line: `python -m sosvae_core train|pack|fid|authors-figures ...` (also `sosvae`, and under torchrun)."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,19 @@ def cmd_fid(args) -> int:
     return fid_cli(args)
 
 
+def cmd_authors_figures(args) -> int:
+    from .authors_figures import measure
+    for name, result in measure(args.folder).items():
+        if "edits" in result:
+            edits = "; ".join(f"{k}: propagation {v['propagation']:.2f}, unchanged {v['unchanged_fraction']:.2f}"
+                              for k, v in result["edits"].items())
+            print(f"{name}: claim 7 edit locality, {edits}")
+            continue
+        values = ", ".join(f"{v:.2f}" for v in result["concentrations"])
+        print(f"{name}: claim 5 concentration, median {result['median']:.2f} over its columns ({values})")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sosvae_core", description="SOS-VAE reference implementation")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -121,6 +134,11 @@ def main(argv=None) -> int:
     f.add_argument("--cache-dir", help="cached reference statistics (default: $SOSVAE_CACHE_DIR, else cache/ beside "
                                        "the runs)")
     f.set_defaults(func=cmd_fid)
+
+    a = sub.add_parser("authors-figures", help="claims 5 and 7's measures on the authors' published images")
+    a.add_argument("folder", help="folder holding celeba_results.png, ukbb_results.png and/or editor.png from "
+                                  "the authors' repository (showcase_images/)")
+    a.set_defaults(func=cmd_authors_figures)
 
     args = ap.parse_args(argv)
     try:

@@ -4,6 +4,8 @@
     $SOSVAE_RUNS_DIR     the parent of the run folders (trained models)
     $SOSVAE_CACHE_DIR    decoded images and FID reference statistics
     $SOSVAE_FID_WEIGHTS  the Inception weights file for FID
+    $SOSVAE_AUTHORS_FIGURES  a folder with the authors' showcase images (optional; a test
+                         re-measures the scorecard's reference numbers on them)
 
 The command line (`python -m sosvae_core train`), `run_all.sh` and the notebooks in
 Jupyter all find their runs in the same folder, so a model trained by one is loaded by
@@ -25,6 +27,7 @@ ENV_DATA_ROOT = "SOSVAE_DATA_ROOT"
 ENV_RUNS_DIR = "SOSVAE_RUNS_DIR"
 ENV_CACHE_DIR = "SOSVAE_CACHE_DIR"
 ENV_FID_WEIGHTS = "SOSVAE_FID_WEIGHTS"
+ENV_AUTHORS_FIGURES = "SOSVAE_AUTHORS_FIGURES"
 
 _PACKAGE = Path(__file__).resolve().parent
 

@@ -7,7 +7,7 @@ before the run (notebook 11 and `run_all.sh`).
 | 2 | SOS-VAE's average per-pixel variance is 0.0322 on CelebA (App. A) | mean of diag(PPᵀ) + ε over 64 prior z | within 2× of 0.0322 |
 | 3 | SOS samples beat β-VAE samples and are no worse than β-VAE means (Table 1) | FID, same N | SOS samples < β samples and ≤ β means |
 | 4 | SOS-VAE beats Dorta et al. on 64×64 gray, means and samples (Table 1) | FID, same N | SOS < Dorta for both |
-| 5 | the covariance to the central pixel follows image structure (Fig. 2) | region contrast of the correlation map | median ≥ 0.3 |
+| 5 | the covariance to the central pixel follows image structure (Fig. 2) | concentration of Σ₊ on the pixel's region | median ≥ 0.3 |
 | 6 | slerp between samples is smooth and ends on the samples (Fig. 4) | corner error, largest / average step | ≤ 1e-5 and ≤ 2 |
 | 7 | an edit recolours regions, not the whole image (Fig. 6) | propagation and unchanged fraction | ≥ 0.1 and ≥ 0.25 for every edit |
 | 8 | the distribution-only model is as expressive as a 25-component PCA (Fig. 7) | held-out projection MSE | ≤ 1.2 × PCA's |
@@ -15,14 +15,22 @@ before the run (notebook 11 and `run_all.sh`).
 
 Measures 5 and 7 are defined here so that the failure they guard against fails them:
 
-- **Region contrast** (claim 5). ρ_j = Σ_ij / √(Σ_ii Σ_jj) is the correlation of every
-  pixel with the central pixel i. The *region* of i is the set of pixels whose mean
-  colour is within τ = 0.1 (RMS over channels, images in [0, 1]) of the mean colour at
-  i: for a central pixel of a face, the skin. The contrast is the average ρ inside the
-  region minus the average outside. A single global component makes ρ ≈ 1 everywhere
-  (contrast ≈ 0); covariance that follows the face gives ρ high on the face and low on
-  hair and background. A mean with no regions (a uniform grey box: region < 5 % or
-  > 95 % of the image) has no contrast to measure and fails.
+- **Covariance concentration** (claim 5), on the map Fig. 2 draws: Σ₊, the covariance
+  of every pixel value with the central pixel i (channel 0) clamped at 0, with Σ_ii
+  itself zeroed, averaged over channels, for prior codes (as the authors' figure). The
+  *region* of i is the set of pixels whose mean colour is within τ = 0.1 (RMS over
+  channels, images in [0, 1]) of the mean colour at i: for a central pixel of a face,
+  the skin. With a the average of Σ₊ inside the region and b outside, the concentration
+  is (a − b) / (a + b): 1 when all positive covariance lies on the region, 0 when it is
+  spread evenly over the image (a single global component), negative when it lies
+  elsewhere. A mean with no regions (a uniform grey box: region or complement < 2 % of
+  the image) has nothing to measure and fails.
+
+  The level is set by the authors' own figures (their repository's
+  `showcase_images/celeba_results.png` and `ukbb_results.png`, measured by
+  `authors_figures.py`): over their ten columns the median concentration is 0.46 on
+  CelebA (nine of ten ≥ 0.43) and 0.64 on UK Biobank (0.32–0.74). The rule asks for 0.3, two thirds
+  of the CelebA figure's.
 - **Edit locality** (claim 7). d_j = RMS over channels of (conditional mean − mean) at
   each unedited pixel, p95 its 95th percentile and s the RMS change on the edited
   pixels. *Propagation* p95 / s says the edit spreads at all (β-VAE: 0); the
@@ -31,11 +39,14 @@ Measures 5 and 7 are defined here so that the failure they guard against fails t
   colour cast moves every pixel alike (unchanged ≈ 0).
 
   The level is calibrated on the authors' own editor example (their repository's
-  `showcase_images/editor.png`: the four panels' before/after pairs, the circled stroke
-  masked out). Their hair edit scores propagation 1.36 and unchanged fraction 0.40, their
-  forehead edit 1.53 and 0.70; both pass. "The face stays" in their hair edit means the
-  face moves about a third as much as hair and background, not that it is untouched: at
-  a level of 0.2·p95 their hair edit would score 0.03 and fail its own example.
+  `showcase_images/editor.png`, measured by `authors_figures.py`: the two before/after
+  pairs, the red circle around each stroke counted as the edited pixels). Their hair edit
+  scores propagation 0.81 and unchanged fraction 0.40, their forehead edit 0.84 and 0.70;
+  both pass. "The face stays" in their hair edit means the face moves about a third as
+  much as hair and background, not that it is untouched: at a level of 0.2·p95 their
+  hair edit would score 0.03 and fail its own example. (Propagation depends on what
+  counts as the stroke, 0.8–4.4 for the hair edit; the rule's 0.1 only asks that the
+  edit spread at all.)
 """
 from __future__ import annotations
 
@@ -53,8 +64,13 @@ COHERENCE_NOISE_MAX = 0.1
 COHERENCE_STRUCTURED_MIN = 0.5
 VARIANCE_FACTOR = 2.0
 REGION_TAU = 0.1
-REGION_MIN_FRACTION = 0.05
-REGION_CONTRAST_MIN = 0.3
+REGION_MIN_FRACTION = 0.02
+CONCENTRATION_MIN = 0.3  # two thirds of the authors' CelebA figure (docstring)
+# claim 5 measured on the authors' figures (authors_figures.py): median over their ten columns
+AUTHORS_CONCENTRATION = {"celeba": 0.47, "brain": 0.64}
+# claim 7 measured on the authors' editor example (authors_figures.py)
+AUTHORS_EDITS = {"hair": {"propagation": 0.81, "unchanged_fraction": 0.40},
+                 "forehead": {"propagation": 0.84, "unchanged_fraction": 0.70}}
 SLERP_ENDPOINT_MAX = 1e-5
 SLERP_STEP_RATIO_MAX = 2.0
 EDIT_UNCHANGED_LEVEL = 0.5  # calibrated on the authors' editor example (docstring)
@@ -68,7 +84,7 @@ RULES = {
     2: f"{PAPER_PIXEL_VARIANCE / VARIANCE_FACTOR:.4f} ≤ mean per-pixel variance ≤ {PAPER_PIXEL_VARIANCE * VARIANCE_FACTOR:.4f}",
     3: "FID SOS samples < FID β samples and FID SOS samples ≤ FID β means (same N)",
     4: "FID SOS < FID Dorta et al., for means and for samples (same N)",
-    5: f"median region contrast ≥ {REGION_CONTRAST_MIN} (τ = {REGION_TAU})",
+    5: f"median concentration of Σ₊ on the central pixel's region ≥ {CONCENTRATION_MIN} (τ = {REGION_TAU})",
     6: f"corner error ≤ {SLERP_ENDPOINT_MAX:g} and largest step ≤ {SLERP_STEP_RATIO_MAX} × the path's average step",
     7: f"every edit: propagation ≥ {EDIT_PROPAGATION_MIN} and unchanged fraction (d < {EDIT_UNCHANGED_LEVEL}·p95) "
        f"≥ {EDIT_UNCHANGED_MIN}",
@@ -111,32 +127,25 @@ def training_variance(model) -> float:
     return float(values[-1]) if len(values) else float("nan")
 
 
-@torch.no_grad()
-def correlation_to_pixel(obs, pixel_index: int) -> torch.Tensor:
-    """ρ_j = Σ_ij / √(Σ_ii Σ_jj) for every pixel value j: (B, S)."""
-    cov = obs.covariance_row(pixel_index)
-    var = obs.variance
-    return cov / (var * var[..., pixel_index:pixel_index + 1]).sqrt()
+def covariance_concentration(mean: torch.Tensor, cov_positive: torch.Tensor, pixel: Sequence[int],
+                             tau: float = REGION_TAU) -> float:
+    """(a − b) / (a + b) of Σ₊ averaged inside (a) and outside (b) the pixel's region
+    (module docstring).
 
-
-def region_contrast(mean: torch.Tensor, correlation: torch.Tensor, pixel: Sequence[int],
-                    tau: float = REGION_TAU) -> float:
-    """Average correlation inside the pixel's region minus outside it (module docstring).
-
-    mean, correlation: (C, H, W); pixel: (h, w). NaN when the mean has no region to
-    speak of (the region or its complement holds < 5 % of the pixels).
+    mean: (C, H, W); cov_positive: (C', H, W), Fig. 2's positive covariance map (any
+    number of channels, averaged); pixel: (h, w). NaN when the region or its complement
+    holds < 2 % of the pixels, or when Σ₊ is 0 everywhere.
     """
     h, w = pixel
-    mean, correlation = mean.double(), correlation.double()
+    mean, positive = mean.double(), cov_positive.double().mean(0)
     distance = (mean - mean[:, h:h + 1, w:w + 1]).pow(2).mean(0).sqrt()
-    rho = correlation.mean(0)
     region = distance <= tau
-    region[h, w] = False  # the pixel itself (ρ = 1) is neither inside nor outside
+    region[h, w] = False  # the pixel itself is neither inside nor outside
     outside = distance > tau
-    fraction = region.double().mean()
-    if fraction < REGION_MIN_FRACTION or outside.double().mean() < REGION_MIN_FRACTION:
+    if region.double().mean() < REGION_MIN_FRACTION or outside.double().mean() < REGION_MIN_FRACTION:
         return float("nan")
-    return float(rho[region].mean() - rho[outside].mean())
+    a, b = positive[region].mean(), positive[outside].mean()
+    return float((a - b) / (a + b)) if a + b > 0 else float("nan")
 
 
 def edit_locality(mean: torch.Tensor, conditional: torch.Tensor, mask: torch.Tensor) -> Dict[str, float]:
@@ -193,7 +202,7 @@ def _rule(claim: int, ours: dict):
         if claim == 4:
             return ours["sos_means"] < ours["dorta_means"] and ours["sos_samples"] < ours["dorta_samples"]
         if claim == 5:
-            return _ok(ours["median_contrast"]) and ours["median_contrast"] >= REGION_CONTRAST_MIN
+            return _ok(ours["median_concentration"]) and ours["median_concentration"] >= CONCENTRATION_MIN
         if claim == 6:
             return ours["corner_error"] <= SLERP_ENDPOINT_MAX and ours["step_ratio"] <= SLERP_STEP_RATIO_MAX
         if claim == 7:
@@ -221,20 +230,17 @@ def _median(values: List[float]) -> float:
     return float(np.median(finite)) if len(finite) * 2 > len(values) else float("nan")
 
 
-@torch.no_grad()
-def covariance_structure(model, images: torch.Tensor) -> dict:
-    """Claim 5 on encoded test images: region contrast of the central pixel's correlation."""
-    from .figures import centre_pixel
-    device = next(model.parameters()).device
-    obs = model.decode(model.encode(images.to(device)).loc)
-    shape = model.image_shape
-    centre = centre_pixel(shape)
-    rho = correlation_to_pixel(obs, centre).reshape(-1, *shape).cpu()
-    means = obs.mean.reshape(-1, *shape).cpu()
-    pixel = (shape[1] // 2, shape[2] // 2)
-    contrasts = [region_contrast(m, r, pixel) for m, r in zip(means, rho)]
-    return {"median_contrast": _median(contrasts), "n_images": len(contrasts),
-            "contrasts": [round(c, 4) for c in contrasts]}
+def panel_concentrations(panel: Dict[str, torch.Tensor]) -> List[float]:
+    """Claim 5's concentration for each code of a `figures.observation_panel` (Fig. 2's rows)."""
+    _, H, W = panel["mean"].shape[1:]
+    return [covariance_concentration(m, c, (H // 2, W // 2)) for m, c in zip(panel["mean"], panel["cov_positive"])]
+
+
+def covariance_structure(model, n: int = 16, seed: int = 0) -> dict:
+    """Claim 5 on n prior codes: concentration of Fig. 2's Σ₊ on the central pixel's region."""
+    from .figures import observation_panel, prior_z
+    values = panel_concentrations(observation_panel(model, prior_z(model, n, seed), seed))
+    return {"median_concentration": _median(values), "n_codes": n, "concentrations": [round(v, 4) for v in values]}
 
 
 def table1_numbers(rows: List[dict], dataset: str, kinds: Sequence[str]) -> dict:
@@ -322,9 +328,13 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
                       if all(paper) else "—")
         rows.append(row(3, dataset, fids, paper_text, f"N = {fids['n']} generated images"
                         + ("; OASIS slices stand in for UK Biobank" if dataset == "brain" else "")))
-        cov = covariance_structure(sos, test)
-        rows.append(row(5, dataset, {"median_contrast": cov["median_contrast"], "n_images": cov["n_images"]},
-                        "Fig. 2: +cov. covers the face, −cov. faint on hair and background (no number given)"))
+        cov = covariance_structure(sos, n_images, ctx.seed)
+        figure = "ukbb_results.png" if dataset == "brain" else "celeba_results.png"
+        authors = AUTHORS_CONCENTRATION["brain" if dataset == "brain" else "celeba"]
+        rows.append(row(5, dataset, {"median_concentration": cov["median_concentration"], "n_codes": cov["n_codes"]},
+                        f"{authors} (the authors' {figure}, median over its 10 prior codes; Fig. 2: +cov. covers "
+                        "the face, −cov. faint on hair and background)",
+                        f"over {cov['n_codes']} prior codes, as the authors' figure"))
 
     sos = ctx.model("sos")
     v_stable = prior_pixel_variance(sos, 64, ctx.seed)
@@ -344,8 +354,10 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
         edits = PAPER_EDITS[main]
         measured = editing_claim(sos, edits, PAPER_EDIT_SCALE, seed=ctx.seed)
         rows.append(row(7, main, measured,
-                        "Fig. 6 and the authors' editor: hair edit leaves the face, forehead edit leaves hair "
-                        "and background (no number given)",
+                        "the authors' editor.png: "
+                        + "; ".join(f"{k}: propagation {v['propagation']}, unchanged {v['unchanged_fraction']}"
+                                    for k, v in AUTHORS_EDITS.items())
+                        + " (Fig. 6: hair edit leaves the face, forehead edit leaves hair and background)",
                         f"authors' protocol: components scaled to {PAPER_EDIT_SCALE}, one-pixel strokes "
                         f"({', '.join(edits)}), median over {measured['n_codes']} prior codes"))
     dist = ctx.model("distribution")

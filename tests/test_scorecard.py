@@ -22,43 +22,68 @@ def distribution(columns, mean):
     return LowRankNormal(mean.flatten().unsqueeze(0), P, 1e-5)
 
 
-def test_correlation_to_pixel_matches_a_dense_reference():
+def _dense_concentration(obs, mean, tau=0.1):
+    """Claim 5's measure from the dense float64 covariance matrix, with numpy."""
+    import numpy as np
+    dense = obs.covariance_matrix[0].numpy()
+    i = figures.centre_pixel((C, H, W))
+    row = dense[i].copy()
+    row[i] = 0.0
+    positive = np.clip(row, 0, None).reshape(C, H, W).mean(0)
+    m = mean.numpy()
+    distance = np.sqrt(((m - m[:, H // 2:H // 2 + 1, W // 2:W // 2 + 1]) ** 2).mean(0))
+    region, outside = distance <= tau, distance > tau
+    region[H // 2, W // 2] = False
+    a, b = positive[region].mean(), positive[outside].mean()
+    return (a - b) / (a + b)
+
+
+def _concentration(obs, mean):
+    i = figures.centre_pixel((C, H, W))
+    cov = obs.covariance_row(i)[0].clone()
+    cov[i] = 0
+    return sc.covariance_concentration(mean, cov.clamp(min=0).reshape(C, H, W), (H // 2, W // 2))
+
+
+def test_concentration_matches_a_dense_reference():
     torch.manual_seed(0)
-    obs = LowRankNormal(torch.rand(2, 30, dtype=torch.float64), torch.randn(2, 30, 4, dtype=torch.float64),
-                        torch.rand(2, 30, dtype=torch.float64) + 0.1)
-    dense = obs.covariance_matrix
-    i = 7
-    want = dense[:, i, :] / (dense.diagonal(dim1=-2, dim2=-1) * dense[:, i, i:i + 1]).sqrt()
-    torch.testing.assert_close(sc.correlation_to_pixel(obs, i), want)
+    face, mean = face_image()
+    columns = [torch.randn(C, H, W, dtype=torch.float64) for _ in range(4)]
+    obs = distribution(columns, mean)
+    assert _concentration(obs, mean) == pytest.approx(_dense_concentration(obs, mean), rel=1e-12, abs=1e-12)
 
 
 def test_a_single_global_component_fails_the_structure_rule():
     face, mean = face_image()
     brightness = torch.ones(C, H, W, dtype=torch.float64) * 0.3  # the whole image brighter or darker
-    obs = distribution([brightness], mean)
-    centre = figures.centre_pixel((C, H, W))
-    rho = sc.correlation_to_pixel(obs, centre).reshape(C, H, W)
-    contrast = sc.region_contrast(mean, rho, (H // 2, W // 2))
-    assert abs(contrast) < 0.01
-    assert sc.check(5, {"median_contrast": contrast}) is False
+    value = _concentration(distribution([brightness], mean), mean)
+    assert abs(value) < 1e-12
+    assert sc.check(5, {"median_concentration": value}) is False
 
 
 def test_covariance_that_follows_the_face_passes_the_structure_rule():
     face, mean = face_image()
     on_face = torch.where(face, 0.3, 0.0).to(torch.float64).expand(C, H, W)
     on_background = torch.where(face, 0.0, 0.3).to(torch.float64).expand(C, H, W)
-    obs = distribution([on_face, on_background], mean)
-    rho = sc.correlation_to_pixel(obs, figures.centre_pixel((C, H, W))).reshape(C, H, W)
-    contrast = sc.region_contrast(mean, rho, (H // 2, W // 2))
-    assert contrast > 0.99
-    assert sc.check(5, {"median_contrast": contrast}) is True
+    value = _concentration(distribution([on_face, on_background], mean), mean)
+    assert value == pytest.approx(1.0)
+    assert sc.check(5, {"median_concentration": value}) is True
 
 
-def test_a_mean_without_regions_has_no_contrast_and_fails():
+def test_covariance_on_the_background_is_negative_and_fails():
+    face, mean = face_image()
+    # the central pixel co-varies with the background more than with its own face
+    background_heavy = torch.where(face, 0.05, 0.3).to(torch.float64).expand(C, H, W)
+    value = _concentration(distribution([background_heavy], mean), mean)
+    assert value < 0
+    assert sc.check(5, {"median_concentration": value}) is False
+
+
+def test_a_mean_without_regions_has_no_concentration_and_fails():
     grey = torch.full((C, H, W), 0.5, dtype=torch.float64)
-    rho = torch.rand(C, H, W, dtype=torch.float64)
-    assert math.isnan(sc.region_contrast(grey, rho, (H // 2, W // 2)))
-    assert sc.check(5, {"median_contrast": float("nan")}) is False
+    positive = torch.rand(C, H, W, dtype=torch.float64)
+    assert math.isnan(sc.covariance_concentration(grey, positive, (H // 2, W // 2)))
+    assert sc.check(5, {"median_concentration": float("nan")}) is False
 
 
 def _edit(mean, change, stroke):
