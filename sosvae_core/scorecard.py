@@ -332,8 +332,9 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
         figure = "ukbb_results.png" if dataset == "brain" else "celeba_results.png"
         authors = AUTHORS_CONCENTRATION["brain" if dataset == "brain" else "celeba"]
         rows.append(row(5, dataset, {"median_concentration": cov["median_concentration"], "n_codes": cov["n_codes"]},
-                        f"{authors} (the authors' {figure}, median over its 10 prior codes; Fig. 2: +cov. covers "
-                        "the face, −cov. faint on hair and background)",
+                        f"{authors} (the authors' {figure}, median over its 10 prior codes; "
+                        + ("Fig. 2d: +cov. follows the brain's structure)" if dataset == "brain" else
+                           "Fig. 2b: +cov. covers the face, −cov. faint on hair and background)"),
                         f"over {cov['n_codes']} prior codes, as the authors' figure"))
 
     sos = ctx.model("sos")
