@@ -196,7 +196,7 @@ PRETRAIN = dict(pretrain_epochs=8, pretrain_min_improvement=0.05)
 # centre pixel (claim 5's concentration, median over prior codes: bundled portraits 0.07,
 # quick CelebA seeds 0/1/2: 0.07/0.24/0.06; the authors' CelebA figure 0.47). With 128:
 # portraits 0.53, CelebA 0.28/0.21/0.08; the CelebA edits left hair 0.49/0.34/0.40 and
-# forehead 0.25/0.19/0.29 of the image unchanged (32: 0.13/0.58/0.62 and 0.10/0.22/0.37).
+# forehead 0.247/0.19/0.29 of the image unchanged (32: 0.13/0.58/0.62 and 0.10/0.22/0.37).
 # Training costs ~20 % more.
 QUICK_NET = dict(channels=(16, 32, 64), blocks=1, latent_dim=128, lr=1e-3, fid_n=250, upsample="resize",
                  one_sided_damping=True, **PRETRAIN)
