@@ -224,3 +224,13 @@ def test_table1_numbers_feed_claims_3_and_4():
     assert sc.check(3, sc.table1_numbers(rows, "celeba", ("beta", "sos"))) is False
     with pytest.raises(ValueError, match="no Table 1 row"):
         sc.table1_numbers(rows, "brain", ("beta", "sos"))
+
+
+def test_median_concentration_of_a_panel_needs_a_region_in_most_codes():
+    face, mean = face_image()
+    on_face = torch.where(face, 0.3, 0.0).to(torch.float64).expand(C, H, W)
+    grey = torch.full((C, H, W), 0.5, dtype=torch.float64)
+    panel = {"mean": torch.stack([mean, mean, grey]), "cov_positive": torch.stack([on_face, on_face * 0.5, on_face])}
+    assert sc.median_concentration(panel) == pytest.approx(1.0)  # two of three codes measured, both 1
+    panel = {"mean": torch.stack([mean, grey, grey]), "cov_positive": torch.stack([on_face] * 3)}
+    assert math.isnan(sc.median_concentration(panel))  # one of three codes has a region
