@@ -27,7 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .scorecard import covariance_concentration, edit_locality
+from .scorecard import covariance_concentration, edit_locality, measured_median
 
 # Where the panels sit in each image (pixels): the rows (top, bottom) of the mean and of Σ₊,
 # the left edges of the ten columns and the right edge of the last, and the margin to skip
@@ -128,5 +128,5 @@ def measure(folder) -> Dict[str, dict]:
             continue
         layout = LAYOUTS[name]
         values = concentrations(_checked(path, layout["size"]), layout)
-        results[name] = {"concentrations": values, "median": float(np.nanmedian(values))}
+        results[name] = {"concentrations": values, "median": measured_median(values)}
     return results

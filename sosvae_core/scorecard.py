@@ -226,7 +226,8 @@ def row(claim: int, dataset: str, ours: dict, paper: str, note: str = "") -> dic
 
 # -- the whole scorecard from a notebook context ------------------------------------------------
 
-def _median(values: List[float]) -> float:
+def measured_median(values: List[float]) -> float:
+    """The median of the measured (non-NaN) values; NaN unless more than half were measured."""
     finite = [v for v in values if not math.isnan(v)]
     return float(np.median(finite)) if len(finite) * 2 > len(values) else float("nan")
 
@@ -239,14 +240,15 @@ def _panel_concentrations(panel: Dict[str, torch.Tensor]) -> List[float]:
 def median_concentration(panel: Dict[str, torch.Tensor]) -> float:
     """Claim 5's number for the codes of a `figures.observation_panel` (Fig. 2's rows): the
     median concentration, NaN unless more than half the codes have a region."""
-    return _median(_panel_concentrations(panel))
+    return measured_median(_panel_concentrations(panel))
 
 
 def covariance_structure(model, n: int = 16, seed: int = 0) -> dict:
     """Claim 5 on n prior codes: concentration of Fig. 2's Σ₊ on the central pixel's region."""
     from .figures import observation_panel, prior_z
     values = _panel_concentrations(observation_panel(model, prior_z(model, n, seed), seed))
-    return {"median_concentration": _median(values), "n_codes": n, "concentrations": [round(v, 4) for v in values]}
+    return {"median_concentration": measured_median(values), "n_codes": n,
+            "concentrations": [round(v, 4) for v in values]}
 
 
 def table1_numbers(rows: List[dict], dataset: str, kinds: Sequence[str]) -> dict:
