@@ -174,7 +174,13 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.multipliers = Multipliers().to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        # two parameter groups: everything else, and the variance heads that mean-only
+        # pre-training freezes (their learning rate ramps up after release: _set_learning_rates)
+        released = {id(p) for p in self.model.variance_parameters()}
+        groups = [{"params": [p for p in self.model.parameters() if id(p) not in released]}]
+        if released:
+            groups.append({"params": list(self.model.variance_parameters())})
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(self.image_shape),
                                             cfg.damping, cfg.multiplier_lr, cfg.one_sided_damping)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -182,6 +188,7 @@ class Trainer:
         self.epoch = self.step = self.step_in_epoch = 0
         self.pretrain_done = False  # set when the mean's validation NLL has levelled off
         self.pretrain_val_nll: Optional[list] = None  # validation NLL after each pre-training epoch
+        self.release_step: Optional[int] = None  # the first step that trains the variance heads
         self.wall_time = 0.0
         self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp,
                                                                  self.rank, self.world)
@@ -212,6 +219,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "multipliers": self.multipliers.state_dict(), "epoch": self.epoch,
                 "pretrain_done": self.pretrain_done, "pretrain_val_nll": self.pretrain_val_nll,
+                "release_step": self.release_step,
                 "step": self.step, "step_in_epoch": self.step_in_epoch,
                 "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen, self.device),
                 "image_shape": list(self.image_shape),
@@ -242,6 +250,7 @@ class Trainer:
         self.wall_time = state["wall_time"]
         self.pretrain_done = state.get("pretrain_done", False)
         self.pretrain_val_nll = state.get("pretrain_val_nll")
+        self.release_step = state.get("release_step")
         _set_rng_state(state["rng"], self.flip_gen, self.device)
         # drop log rows written after this checkpoint by the interrupted process
         self._truncate_log("steps", lambda r: int(r["step"]) <= self.step)
@@ -376,8 +385,6 @@ class Trainer:
             pretrain = self.epoch < self.cfg.pretrain_epochs and not self.pretrain_done
             for p in self.model.variance_parameters():  # mean-only pre-training (Section 3.3)
                 p.requires_grad_(not pretrain)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.lr if pretrain or self.cfg.lr_after_pretrain is None else self.cfg.lr_after_pretrain
             bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, disable=not (self.progress and self.is_main),
                        desc=f"{self.cfg.model} epoch {self.epoch + 1}/{self.cfg.epochs}"
                             + (" (mean only)" if pretrain else ""), leave=False)
@@ -389,6 +396,7 @@ class Trainer:
                     return self.model
                 t0 = time.perf_counter()
                 idx = order[self.step_in_epoch * per_rank:(self.step_in_epoch + 1) * per_rank]
+                self._set_learning_rates(pretrain, steps_per_epoch)
                 row = self.train_step(idx, pretrain)
                 self.step += 1
                 self.step_in_epoch += 1
@@ -421,6 +429,24 @@ class Trainer:
         if self._tb:
             self._tb.flush()
         return self.model
+
+    def _set_learning_rates(self, pretrain: bool, steps_per_epoch: int) -> None:
+        """lr (or lr_after_pretrain once pre-training has ended) for every parameter; for the
+        released variance heads it ramps linearly over the first `release_warmup_epochs`.
+        Adam's first update of a parameter is ±lr whatever its gradient, so a head released
+        at full rate moves all R components by the same step, in the sign pattern of one
+        gradient: a single component over the whole image that the likelihood, whose pull on
+        a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py)."""
+        base = self.cfg.lr if pretrain or self.cfg.lr_after_pretrain is None else self.cfg.lr_after_pretrain
+        factor = 1.0
+        if not pretrain:
+            if self.release_step is None:
+                self.release_step = self.step
+            ramp = self.cfg.release_warmup_epochs * steps_per_epoch
+            if ramp > 0:
+                factor = min(1.0, (self.step - self.release_step + 1) / ramp)
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = base * (factor if i == 1 else 1.0)
 
     def _update_pretrain(self, val_nll: Optional[float]) -> None:
         """End mean-only pre-training once the mean's validation NLL has levelled off:

@@ -54,13 +54,13 @@ def test_learning_rate_after_pretraining_and_the_means_validation_error(lfw, tmp
     tr = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
     steps = len(lfw["train"].images) // cfg.batch_size
     tr.fit(max_steps=steps - 1)  # within the pre-training epoch
-    assert [g["lr"] for g in tr.optimizer.param_groups] == [cfg.lr]
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [cfg.lr, cfg.lr]
     tr.fit(max_steps=steps + 1)
-    assert [g["lr"] for g in tr.optimizer.param_groups] == [1e-4]
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [1e-4, 1e-4]
     # a resumed run keeps the lower rate
     again = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
     again.fit()
-    assert [g["lr"] for g in again.optimizer.param_groups] == [1e-4]
+    assert [g["lr"] for g in again.optimizer.param_groups] == [1e-4, 1e-4]
     from sosvae_core.figures import read_metrics
     m = read_metrics(tmp_path / "run", "epochs")
     assert len(m["val_mean_mse"]) == 3 and (m["val_mean_mse"] > 0).all()
@@ -71,6 +71,33 @@ def test_learning_rate_after_pretraining_and_the_means_validation_error(lfw, tmp
     with torch.no_grad():
         nll, kl, _, obs = again.terms(x, again.plain_terms)
     assert m["val_mean_mse"][-1] == pytest.approx(float((obs.mean - x.flatten(1)).pow(2).mean()), rel=1e-5)
+
+
+def test_released_variance_heads_warm_up_linearly_and_resume_on_schedule(lfw, tmp_path):
+    cfg = smoke("sos", epochs=4, pretrain_epochs=1, release_warmup_epochs=2)
+    steps = len(lfw["train"].images) // cfg.batch_size  # 7 per epoch: a ramp of 14 steps
+    tr = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
+    variance = {id(p) for p in tr.model.variance_parameters()}
+    assert {id(p) for p in tr.optimizer.param_groups[1]["params"]} == variance
+    assert not variance & {id(p) for p in tr.optimizer.param_groups[0]["params"]}
+    tr.fit(max_steps=steps)  # the pre-training epoch: every parameter at lr
+    assert [g["lr"] for g in tr.optimizer.param_groups] == [cfg.lr, cfg.lr] and tr.release_step is None
+    before = [p.detach().clone() for p in tr.model.variance_parameters()]
+    tr.fit(max_steps=steps + 1)  # the first step after release moves the heads by ~lr/14, not lr
+    assert tr.release_step == steps
+    assert tr.optimizer.param_groups[1]["lr"] == pytest.approx(cfg.lr / 14)
+    moved = max(float((a - b.detach()).abs().max()) for a, b in zip(before, tr.model.variance_parameters()))
+    assert 0 < moved <= 1.01 * cfg.lr / 14
+    tr.fit(max_steps=steps + 3)
+    assert tr.optimizer.param_groups[1]["lr"] == pytest.approx(3 * cfg.lr / 14)
+    assert tr.optimizer.param_groups[0]["lr"] == cfg.lr
+    # a resumed run keeps the release step and finishes the ramp on schedule
+    again = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
+    again.fit(max_steps=steps + 10)
+    assert again.release_step == steps
+    assert again.optimizer.param_groups[1]["lr"] == pytest.approx(10 * cfg.lr / 14)
+    again.fit()
+    assert again.optimizer.param_groups[1]["lr"] == cfg.lr
 
 
 def test_pretraining_ends_when_the_validation_nll_levels_off(lfw, tmp_path):
