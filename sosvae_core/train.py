@@ -176,10 +176,11 @@ class Trainer:
         self.multipliers = Multipliers().to(self.device)
         # two parameter groups: everything else, and the variance heads that mean-only
         # pre-training freezes (their learning rate ramps up after release: _set_learning_rates)
-        released = {id(p) for p in self.model.variance_parameters()}
-        groups = [{"params": [p for p in self.model.parameters() if id(p) not in released]}]
+        released = list(self.model.variance_parameters())
+        ids = {id(p) for p in released}
+        groups = [{"params": [p for p in self.model.parameters() if id(p) not in ids]}]
         if released:
-            groups.append({"params": list(self.model.variance_parameters())})
+            groups.append({"params": released})
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(self.image_shape),
                                             cfg.damping, cfg.multiplier_lr, cfg.one_sided_damping)
