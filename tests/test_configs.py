@@ -55,6 +55,9 @@ def test_paper_profile_carries_the_papers_hyperparameters():
 def test_model_specific_targets():
     assert get_config("celeba", "quick", "beta").target_entropy((3, 54, 44)) is None
     assert get_config("celeba", "quick", "sos_learned_diag").target_entropy_at is None
+    # Appendix A drops the stabilisers: the ablation releases its variance heads at full rate
+    assert get_config("celeba", "quick", "sos_learned_diag").release_warmup_epochs == 0
+    assert get_config("celeba", "quick", "sos").release_warmup_epochs == 1
     assert get_config("celeba", "quick", "distribution").target_kl is None
 
 
