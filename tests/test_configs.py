@@ -82,10 +82,21 @@ def test_bad_names_and_overrides():
 
 def test_damping_and_release_follow_the_papers_code_except_where_documented():
     for experiment in EXPERIMENTS:
-        # the quick brain slices borrow ξ_H from the gray faces: a bound only (configs.py)
+        # the quick brain slices' calibrated ξ_H is a bound only (configs.py)
         assert get_config(experiment, "quick", "sos").one_sided_damping == (experiment == "brain"), experiment
         assert get_config(experiment, "quick", "sos").release_warmup_epochs == 1, experiment
         assert get_config(experiment, "smoke", "sos").release_warmup_epochs == 0, experiment
         assert not get_config(experiment, "paper", "sos").one_sided_damping, experiment
         assert get_config(experiment, "paper", "sos").release_warmup_epochs == 0, experiment  # released at full rate
         assert get_config(experiment, "paper", "sos").lr_after_pretrain is None  # the paper: one lr throughout
+
+
+def test_quick_brain_entropy_bound_is_calibrated_at_its_own_size():
+    """The quick brain slices use a budget of 45 nats above the εI floor at 52×44 (configs.py),
+    below the entropy an unconstrained quick model settles at; the other profiles keep the
+    64×64 gray anchor, rescaled to their size."""
+    quick = get_config("brain", "quick")
+    S = 52 * 44
+    assert quick.target_entropy((1, 52, 44)) - floor_entropy(S, quick.eps) == pytest.approx(45.0, abs=1e-6)
+    for profile in ("smoke", "paper"):
+        assert get_config("brain", profile).target_entropy_at == (64 * 64, -17630.0)
