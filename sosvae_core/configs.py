@@ -123,6 +123,10 @@ class Config:
     # after pre-training, the variance heads' learning rate ramps linearly from lr/W to lr over
     # W = this many epochs of steps (0: released at full rate, as the paper; Trainer._set_learning_rates)
     release_warmup_epochs: float = 0.0
+    # the learning rate of the per-pixel variance heads on a log scale (the β-VAE's variance, the
+    # ablation's learned D, Dorta et al.'s log L_ii) is this multiple of the network's (1: as the
+    # paper); they start at ε and must travel ~8 nats of log-variance (Trainer._set_learning_rates)
+    diagonal_lr_factor: float = 1.0
     seed: int = 0
     amp: bool = False
     channels_last: bool = False
@@ -219,6 +223,15 @@ PRETRAIN = dict(pretrain_epochs=8, pretrain_min_improvement=0.05)
 #   budget 45 nats: λ_H 76 → 131 over the last epochs, background 0.00010 against 0.00071 (9 %);
 #   budget 35 nats: a variance of 4e-5 (too tight).
 BRAIN_QUICK_ENTROPY = (52 * 44, floor_entropy(52 * 44, 1e-5) + 45.0)
+# The log-scale diagonal heads keep the network's learning rate (diagonal_lr_factor 1). They
+# start at ε and move their log-variance by at most ~lr per input feature and step, so in the
+# quick run's ~450 released steps the β-VAE's variance only reaches 0.0005 on CelebA against its
+# mean's squared error of 0.025 (the paper's ~25,000 steps × 65 inputs at 1e-4 leave room to
+# spare). Released 10× faster (16 epochs each): CelebA β-VAE variance 0.0081, but its mean's
+# error rose to 0.033; the brain β-VAE collapsed onto its variance (0.046; mean error 0.054,
+# was 0.008; KL 12.4 under ξ_KL = 15, λ_KL = 0), the instability of variance networks the paper
+# cites; the App. A ablation's learned D grew to 0.0135 and P's part fell, its variance to 0.081
+# (0.149 otherwise), which would lower claim 9's ratio. No quick model uses it.
 # The quick runs keep the paper's latent size, 128. With 32, P took over what the latent did
 # not carry: a component of one sign over the whole image dominated the covariance to the
 # centre pixel (claim 5's concentration, bundled portraits 0.07 against 0.53 with 128, measured

@@ -638,6 +638,7 @@ class SparsePrecisionHead(torch.nn.Module):
     """
 
     variance_prefixes = ("log_diag", "off_diag")
+    diagonal_prefixes = ("log_diag",)  # log L_ii: the per-pixel precision on a log scale
 
     def __init__(self, c_in: int, image_shape: Sequence[int], stencil: int = 3, eps: float = 1e-5):
         super().__init__()

@@ -153,6 +153,7 @@ class LowRankHead(nn.Module):
     """Features → N(μ, PPᵀ + D): D = εI (paper) or a learned softplus(·) + ε."""
 
     variance_prefixes = ("factor", "diag")
+    diagonal_prefixes = ("diag",)  # on a log scale: softplus(·) + ε
 
     def __init__(self, c_in: int, image_channels: int, rank: int = 25, eps: float = 1e-5,
                  learn_diag: bool = False):
@@ -175,6 +176,7 @@ class DiagonalHead(nn.Module):
     """Features → N(μ, diag(softplus(·) + ε)): the β-VAE's pixel-independent likelihood."""
 
     variance_prefixes = ("var",)
+    diagonal_prefixes = ("var",)  # on a log scale: softplus(·) + ε
 
     def __init__(self, c_in: int, image_channels: int, eps: float = 1e-5):
         super().__init__()
@@ -229,8 +231,14 @@ class VAE(nn.Module):
 
     def variance_parameters(self):
         """Parameters frozen during mean-only pre-training (everything but the mean)."""
-        return [p for n, p in self.head.named_parameters()
-                if n.split(".")[0] in self.head.variance_prefixes]
+        return self._head_parameters(self.head.variance_prefixes)
+
+    def diagonal_parameters(self):
+        """The variance parameters of a per-pixel variance on a log scale (`Config.diagonal_lr_factor`)."""
+        return self._head_parameters(self.head.diagonal_prefixes)
+
+    def _head_parameters(self, prefixes):
+        return [p for n, p in self.head.named_parameters() if n.split(".")[0] in prefixes]
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None):
@@ -263,6 +271,9 @@ class DistributionOnly(nn.Module):
 
     def variance_parameters(self):
         return [self.cov_factor]
+
+    def diagonal_parameters(self):
+        return []
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> LowRankNormal:

@@ -174,14 +174,16 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.multipliers = Multipliers().to(self.device)
-        # two parameter groups: everything else, and the variance heads that mean-only
-        # pre-training freezes (their learning rate ramps up after release: _set_learning_rates)
+        # parameter groups: everything else, and the variance heads that mean-only pre-training
+        # freezes (their learning rate ramps up after release: _set_learning_rates); with a
+        # diagonal_lr_factor, the log-scale diagonal heads in a group of their own
         released = list(self.model.variance_parameters())
-        ids = {id(p) for p in released}
-        groups = [{"params": [p for p in self.model.parameters() if id(p) not in ids]}]
-        if released:
-            groups.append({"params": released})
-        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+        diagonal = list(self.model.diagonal_parameters()) if cfg.diagonal_lr_factor != 1 else []
+        released_ids, diagonal_ids = {id(p) for p in released}, {id(p) for p in diagonal}
+        roles = {"network": [p for p in self.model.parameters() if id(p) not in released_ids],
+                 "released": [p for p in released if id(p) not in diagonal_ids], "diagonal": diagonal}
+        self.group_roles = [role for role, params in roles.items() if params]
+        self.optimizer = torch.optim.Adam([{"params": roles[r]} for r in self.group_roles], lr=cfg.lr)
         self.constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(self.image_shape),
                                             cfg.damping, cfg.multiplier_lr, cfg.one_sided_damping)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -437,7 +439,10 @@ class Trainer:
         Adam's first update of a parameter is ±lr whatever its gradient, so a head released
         at full rate moves all R components by the same step, in the sign pattern of one
         gradient: a single component over the whole image that the likelihood, whose pull on
-        a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py)."""
+        a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py).
+        The log-scale diagonal heads (β-VAE variance, learned D, Dorta's log L_ii) run at
+        `diagonal_lr_factor` × that rate when it is set: each step moves their log-variance by
+        at most ~lr per input feature, and they start at ε, ~8 nats below a fitted variance."""
         base = self.cfg.lr if pretrain or self.cfg.lr_after_pretrain is None else self.cfg.lr_after_pretrain
         factor = 1.0
         if not pretrain:
@@ -446,8 +451,9 @@ class Trainer:
             ramp = self.cfg.release_warmup_epochs * steps_per_epoch
             if ramp > 0:
                 factor = min(1.0, (self.step - self.release_step + 1) / ramp)
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = base * (factor if i == 1 else 1.0)
+        scale = {"network": 1.0, "released": factor, "diagonal": factor * self.cfg.diagonal_lr_factor}
+        for role, group in zip(self.group_roles, self.optimizer.param_groups):
+            group["lr"] = base * scale[role]
 
     def _update_pretrain(self, val_nll: Optional[float]) -> None:
         """End mean-only pre-training once the mean's validation NLL has levelled off:

@@ -100,6 +100,33 @@ def test_released_variance_heads_warm_up_linearly_and_resume_on_schedule(lfw, tm
     assert again.optimizer.param_groups[1]["lr"] == cfg.lr
 
 
+@pytest.mark.parametrize("model, released", [("beta", 0), ("sos_learned_diag", 1), ("dorta", 1)])
+def test_log_scale_diagonal_heads_take_their_own_learning_rate(model, released, lfw, tmp_path):
+    cfg = smoke(model, epochs=3, pretrain_epochs=1, release_warmup_epochs=1, diagonal_lr_factor=10.0)
+    steps = len(lfw["train"].images) // cfg.batch_size
+    tr = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
+    groups = [{id(p) for p in g["params"]} for g in tr.optimizer.param_groups]
+    diagonal = {id(p) for p in tr.model.diagonal_parameters()}
+    variance = {id(p) for p in tr.model.variance_parameters()}
+    assert diagonal and diagonal <= variance and (diagonal < variance) == bool(released)
+    assert tr.group_roles == ["network"] + ["released"] * released + ["diagonal"]
+    assert groups[-1] == diagonal and set().union(*groups) == {id(p) for p in tr.model.parameters()}
+    if released:  # P (or Dorta's stencil weights) keeps the network's rate
+        assert groups[1] == variance - diagonal
+    tr.fit(max_steps=steps + 1)  # first released step of a one-epoch ramp: lr/7 and 10·lr/7
+    lrs = [g["lr"] for g in tr.optimizer.param_groups]
+    assert lrs[0] == cfg.lr and lrs[-1] == pytest.approx(10 * cfg.lr / steps)
+    if released:
+        assert lrs[1] == pytest.approx(cfg.lr / steps)
+    tr.fit()
+    assert tr.optimizer.param_groups[-1]["lr"] == pytest.approx(10 * cfg.lr)
+    # without the factor the groups are as before: the network and every variance head
+    plain = Trainer(smoke(model), tmp_path / "plain", datasets=lfw, progress=False, tensorboard=False)
+    assert plain.group_roles == ["network", "released"]
+    assert {id(p) for p in plain.optimizer.param_groups[1]["params"]} == {
+        id(p) for p in plain.model.variance_parameters()}
+
+
 def test_pretraining_ends_when_the_validation_nll_levels_off(lfw, tmp_path):
     cfg = smoke("sos", epochs=3, pretrain_epochs=20, pretrain_min_improvement=0.05)
     tr = Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False)
