@@ -95,7 +95,7 @@ def cmd_authors_figures(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sosvae_core", description="SOS-VAE reference implementation")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -139,8 +139,11 @@ def main(argv=None) -> int:
     a.add_argument("folder", help="folder holding celeba_results.png, ukbb_results.png and/or editor.png from "
                                   "the authors' repository (showcase_images/)")
     a.set_defaults(func=cmd_authors_figures)
+    return ap
 
-    args = ap.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -22,6 +22,8 @@ from .data import load_splits, resolve_data_root
 from .figures import record, save_figure
 from .paths import ENV_DATA_ROOT, cache_root, runs_root
 from .train import get_or_train
+
+MAIN_MODELS = ("sos", "beta", "distribution", "sos_learned_diag")  # on the main dataset (01_train_models)
 
 
 @dataclass
@@ -56,6 +58,25 @@ class NotebookContext:
         return get_or_train(cfg, runs_dir=self.runs_dir, data_root=self.data_root, device=self.device,
                             datasets=self.splits(dataset), progress=True)
 
+    def planned_configs(self) -> List[Config]:
+        """Every run the numbered notebooks use (07's longer ablation, asked for by its
+        parameter, aside): four observation models on the main dataset, β-VAE and SOS-VAE
+        on the brain slices (with a data root), and β-VAE, Dorta et al. and SOS-VAE on the
+        gray comparison of notebook 09."""
+        from .scorecard import gray_dataset
+        plan = [(kind, self.dataset) for kind in MAIN_MODELS]
+        if self.has_real_data:
+            plan += [(kind, "brain") for kind in ("beta", "sos")]
+        plan += [(kind, gray_dataset(self)) for kind in ("beta", "dorta", "sos")]
+        return [self.config(kind, dataset) for kind, dataset in plan]
+
+    def train_all(self, jobs: Optional[int] = None) -> dict:
+        """Train the planned runs that no run folder has yet, `jobs` at a time (default: one
+        per CPU core up to 4, one on a GPU; `pool.train_all`). {run name: seconds} of those trained."""
+        from .pool import train_all
+        return train_all(self.planned_configs(), runs_dir=self.runs_dir, data_root=self.data_root,
+                         device=self.device, jobs=jobs)
+
     def test_images(self, dataset: Optional[str] = None, n: Optional[int] = None) -> torch.Tensor:
         images = self.splits(dataset)["test"].to_float()
         return images if n is None else images[:n]
@@ -80,19 +101,25 @@ class NotebookContext:
         return self.data_root is not None
 
 
-def setup(profile: str = "quick", dataset: Optional[str] = None, data_root=None, device: str = "auto",
-          output_dir=None, seed: int = 0, runs_dir=None) -> NotebookContext:
-    """Resolve a notebook's parameters. dataset=None: CelebA when a data root is given
-    (argument or $SOSVAE_DATA_ROOT), else the bundled synthetic portraits."""
+def context(profile: str = "quick", dataset: Optional[str] = None, data_root=None, device: str = "auto",
+            output_dir=None, seed: int = 0, runs_dir=None) -> NotebookContext:
+    """The notebooks' parameters resolved, with no side effect. dataset=None: CelebA when a
+    data root is given (argument or $SOSVAE_DATA_ROOT), else the bundled synthetic portraits."""
     root = resolve_data_root(data_root)
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"data root {root} does not exist; pass data_root=... or set {ENV_DATA_ROOT}")
     dataset = dataset or ("celeba" if root is not None else "portraits")
-    output_dir = Path(output_dir or "outputs")
-    output_dir.mkdir(parents=True, exist_ok=True)
     runs = runs_root(runs_dir)
-    cache = cache_root(runs_dir=runs)
+    return NotebookContext(profile, dataset, root, device, Path(output_dir or "outputs"), runs,
+                           cache_root(runs_dir=runs), seed)
+
+
+def setup(profile: str = "quick", dataset: Optional[str] = None, data_root=None, device: str = "auto",
+          output_dir=None, seed: int = 0, runs_dir=None) -> NotebookContext:
+    """What a notebook does first: its parameters resolved (`context`), its output folder
+    made, torch seeded, and the profile and dataset recorded in its metrics."""
+    ctx = context(profile, dataset, data_root, device, output_dir, seed, runs_dir)
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    ctx = NotebookContext(profile, dataset, root, device, output_dir, runs, cache, seed)
-    ctx.record(profile=profile, dataset=dataset, real_data=root is not None)
+    ctx.record(profile=profile, dataset=ctx.dataset, real_data=ctx.has_real_data)
     return ctx

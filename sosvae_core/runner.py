@@ -1,12 +1,15 @@
 """Execute the numbered notebooks headless with papermill (run_all.sh and the tests).
 
     python -m sosvae_core.runner --profile quick [--data-root DIR] [--device cpu] [--only 02 05] [--output outputs]
-                                 [--runs-dir DIR]
+                                 [--runs-dir DIR] [--jobs N]
 
 Each notebook NN_name.ipynb is executed with its `parameters` cell set, into
 <output>/NN_name.ipynb, with its figures and metrics.json in <output>/NN_name/.
 What its cells print (which model is trained or loaded, a line per training epoch)
 is shown as it comes, indented under the notebook's name.
+With notebook 01 among them, every model the notebooks use is trained first, `--jobs N` runs
+at a time on a CPU (`pool.py`); the notebooks then run N at a time as well, each kernel with its
+share of the cores, their printed lines marked with their number, and notebook 11 last.
 A summary (wall time and key numbers of every notebook) goes to <output>/summary.json,
 and the claims scorecard of notebook 11 is printed at the end and copied to
 <output>/scorecard.json. The results page <output>/index.html (`report.py`) gathers the
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -50,19 +54,38 @@ class _Indented:
         self.stream, self.prefix, self.at_line_start = stream, prefix, True
 
     def write(self, text: str) -> int:
+        out = []
         for piece in text.splitlines(keepends=True):
             if self.at_line_start:
-                self.stream.write(self.prefix)
-            self.stream.write(piece)
+                out.append(self.prefix)
+            out.append(piece)
             self.at_line_start = piece.endswith("\n")
+        self.stream.write("".join(out))  # one write: whole lines stay whole beside another notebook's
         return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
 
 
-def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "python3", stream=None) -> dict:
-    """Execute one notebook into `output`; what its cells print goes to `stream` as it comes (if given)."""
+class _Locked:
+    """A text stream shared by threads: each write whole, under one lock."""
+
+    def __init__(self, stream, lock):
+        self.stream, self.lock = stream, lock
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            return self.stream.write(text)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.stream.flush()
+
+
+def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "python3", stream=None,
+                 prefix: str = "    │ ") -> dict:
+    """Execute one notebook into `output`; what its cells print goes to `stream` as it comes (if given),
+    each line after `prefix`."""
     import papermill as pm
     name = path.stem
     out_dir = output / name
@@ -72,7 +95,7 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
     try:
         pm.execute_notebook(str(path), str(output / path.name), parameters=params, kernel_name=kernel,
                             cwd=str(NOTEBOOKS.parent), progress_bar=False,
-                            stdout_file=_Indented(stream) if stream is not None else None)
+                            stdout_file=_Indented(stream, prefix) if stream is not None else None)
     except pm.PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[0] if err.source else ""
         # the execution count, as the notebook shows it (papermill's cell_index counts the
@@ -86,32 +109,91 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
             "figures": sorted(p.name for p in out_dir.glob("*.png"))}
 
 
+# Notebook 11 reads the others' results, so it runs after them. Of the rest the FID notebooks
+# take longest, so they start first when notebooks run side by side.
+RUN_LAST = ("11",)
+START_FIRST = ("08", "09")
+
+
+def _write_summary(output: Path, summary: dict) -> None:
+    summary["notebooks"].sort(key=lambda r: r["notebook"])
+    tmp = output / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=float))
+    os.replace(tmp, output / "summary.json")
+
+
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,
-            output="outputs", dataset=None, seed: int = 0, runs_dir=None) -> dict:
+            output="outputs", dataset=None, seed: int = 0, runs_dir=None, jobs: Optional[int] = None) -> dict:
     """Execute the notebooks (all, or `only`) into `output`. Trained models come from, and go
-    to, the runs folder shared with the command line and Jupyter (`paths.runs_root`)."""
+    to, the runs folder shared with the command line and Jupyter (`paths.runs_root`).
+
+    jobs: runs trained, and notebooks executed, at once (default `pool.default_jobs`: one
+    per CPU core up to 4, one on a GPU). When notebook 01 is among those run, every model
+    the notebooks use is trained first, `jobs` at a time (`pool.train_all`); then the
+    notebooks run `jobs` at a time, each kernel with its share of the cores, and
+    notebook 11 (the scorecard, which reads the others' results) last."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from .notebook import context
+    from .pool import default_jobs, parse_jobs, threads_per_job, train_all
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     runs = runs_root(runs_dir).resolve()
+    books = list_notebooks(only)
+    jobs = parse_jobs(jobs) if jobs is not None else default_jobs(device)
     parameters = {"profile": profile, "data_root": str(data_root) if data_root else None, "device": device,
                   "runs_dir": str(runs), "seed": seed}
     if dataset:
         parameters["dataset"] = dataset
     summary = {"profile": profile, "data_root": parameters["data_root"], "device": device, "runs_dir": str(runs),
-               "notebooks": []}
+               "jobs": jobs, "notebooks": []}
     print(f"trained models: {runs} (found there when already trained)", flush=True)
     t0 = time.time()
-    try:
-        for book in list_notebooks(only):
+    lock = threading.Lock()
+
+    def execute(book: Path) -> None:
+        prefix = f"    {book.name[:2]} │ " if jobs > 1 else "    │ "
+        with lock:
             print(f"[{time.strftime('%H:%M:%S')}] {book.name} …", flush=True)
-            result = run_notebook(book, output, parameters, stream=sys.stdout)
-            print(f"    done in {result['wall_time_s']:.0f} s; figures: {', '.join(result['figures']) or 'none'}",
-                  flush=True)
+        result = run_notebook(book, output, parameters, stream=_Locked(sys.stdout, lock), prefix=prefix)
+        with lock:
+            print(f"[{time.strftime('%H:%M:%S')}] {book.name} done in {result['wall_time_s']:.0f} s; "
+                  f"figures: {', '.join(result['figures']) or 'none'}", flush=True)
             summary["notebooks"].append(result)
             summary["total_wall_time_s"] = round(time.time() - t0, 1)
-            tmp = output / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2, default=float))
-            os.replace(tmp, output / "summary.json")
+            _write_summary(output, summary)
+
+    try:
+        if any(b.name.startswith("01_") for b in books):
+            ctx = context(profile, dataset, data_root, device, seed=seed, runs_dir=runs)
+            trained = train_all(ctx.planned_configs(), runs_dir=runs, data_root=ctx.data_root, device=device, jobs=jobs)
+            summary["training_wall_time_s"] = round(time.time() - t0, 1)
+            summary["trained_now"] = trained
+            if trained:
+                print(f"    trained {len(trained)} run(s) in {summary['training_wall_time_s']:.0f} s", flush=True)
+        side_by_side = [b for b in books if b.name[:2] not in RUN_LAST]
+        side_by_side.sort(key=lambda b: (b.name[:2] not in START_FIRST, b.name))
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        if jobs > 1:  # each kernel inherits its share of the cores
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads_per_job(jobs))
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(execute, b) for b in side_by_side]
+                _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in pending:
+                    f.cancel()
+                for f in futures:  # the first failure, in notebook order
+                    if f.done() and not f.cancelled() and f.exception():
+                        raise f.exception()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        for book in books:
+            if book.name[:2] in RUN_LAST:
+                execute(book)
         card = output / "11_claims_scorecard" / "scorecard.json"
         if card.exists():
             from .scorecard import format_scorecard
@@ -121,6 +203,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
             print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
             print(format_scorecard(data["claims"]), flush=True)
             summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
+            _write_summary(output, summary)
     finally:  # the results page, also of a run that stopped early (what it has so far)
         from .report import build_index
         summary["index"] = str(build_index(output))
@@ -136,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="notebook numbers, e.g. 02 05")
     ap.add_argument("--output", default="outputs")
+    ap.add_argument("--jobs", help="runs trained and notebooks executed at once (default: one per CPU core "
+                                   "up to 4, one on a GPU; $SOSVAE_JOBS)")
     ap.add_argument("--runs-dir", help=f"parent of the run folders (default: ${ENV_RUNS_DIR}, else runs/ of the checkout)")
     args = ap.parse_args(argv)
     if args.data_root and not Path(args.data_root).is_dir():
@@ -144,8 +229,8 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = run_all(args.profile, args.data_root, args.device, args.only, args.output, args.dataset,
-                          runs_dir=args.runs_dir)
-    except (NotebookFailed, ValueError) as err:
+                          runs_dir=args.runs_dir, jobs=args.jobs)
+    except (NotebookFailed, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"all {len(summary['notebooks'])} notebooks ran in {summary['total_wall_time_s']:.0f} s; "

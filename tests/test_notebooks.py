@@ -36,8 +36,10 @@ def test_notebooks_are_committed_without_outputs_and_take_parameters():
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("notebooks")
-    summary = run_all("smoke", data_root=os.environ.get("SOSVAE_DATA_ROOT"), device="cpu", output=out)
-    return {r["notebook"][:2]: r for r in summary["notebooks"]}, out
+    runs = tmp_path_factory.mktemp("notebook_runs")  # its own: every folder in it comes from this run
+    summary = run_all("smoke", data_root=os.environ.get("SOSVAE_DATA_ROOT"), device="cpu", output=out,
+                      runs_dir=runs, jobs=2)
+    return {r["notebook"][:2]: r for r in summary["notebooks"]}, out, summary, runs
 
 
 def metrics(smoke_run, number):
@@ -45,7 +47,7 @@ def metrics(smoke_run, number):
 
 
 def test_every_notebook_ran_and_saved_figures(smoke_run):
-    results, out = smoke_run
+    results, out = smoke_run[:2]
     assert sorted(results) == [p.name[:2] for p in ALL]
     for number, r in results.items():
         assert (out / r["notebook"]).exists()
@@ -55,7 +57,7 @@ def test_every_notebook_ran_and_saved_figures(smoke_run):
 
 def test_the_results_page_shows_every_figure_and_the_scorecard(smoke_run):
     import re
-    results, out = smoke_run
+    results, out = smoke_run[:2]
     page = (out / "index.html").read_text()
     sources = set(re.findall(r'<img src="([^"]+)"', page))
     assert sources == {f"{r['notebook'][:-6]}/{name}" for r in results.values() for name in r["figures"]}
@@ -65,7 +67,7 @@ def test_the_results_page_shows_every_figure_and_the_scorecard(smoke_run):
 
 
 def test_each_paper_figure_is_saved(smoke_run):
-    results, _ = smoke_run
+    results = smoke_run[0]
     data = bool(os.environ.get("SOSVAE_DATA_ROOT"))
     main = "celeba" if data else "portraits"
     expected = {
@@ -82,6 +84,17 @@ def test_each_paper_figure_is_saved(smoke_run):
     for number, names in expected.items():
         missing = {f"{n}.png" for n in names} - set(results[number]["figures"])
         assert not missing, f"{results[number]['notebook']} did not save {sorted(missing)}"
+
+
+def test_the_models_are_trained_first_side_by_side_and_no_notebook_trains_another(smoke_run):
+    from sosvae_core.notebook import context
+    from sosvae_core.train import run_name
+    _, _, summary, runs = smoke_run
+    planned = {run_name(c) for c in context("smoke", data_root=os.environ.get("SOSVAE_DATA_ROOT"),
+                                            runs_dir=runs).planned_configs()}
+    assert summary["jobs"] == 2 and set(summary["trained_now"]) == planned
+    assert {p.name for p in runs.iterdir() if p.is_dir()} == planned
+    assert [r["notebook"] for r in summary["notebooks"]] == [p.name for p in ALL]
 
 
 def test_quickstart(smoke_run):
@@ -185,7 +198,7 @@ def test_dorta_comparison_reports_fid_and_cost(smoke_run):
 def test_scorecard_records_every_claim(smoke_run):
     """At smoke the verdicts mean little: that each claim was measured is checked, not that it passes."""
     from sosvae_core.scorecard import RULES
-    results, out = smoke_run
+    results, out = smoke_run[:2]
     rows = metrics(smoke_run, "11")["scorecard"]
     assert {r["claim"] for r in rows} == set(RULES)
     for r in rows:

@@ -54,7 +54,7 @@ def test_run_all_hands_the_notebooks_the_shared_runs_folder(monkeypatch, tmp_pat
     monkeypatch.setenv(paths.ENV_RUNS_DIR, str(tmp_path / "shared"))
     seen = []
 
-    def fake_run_notebook(path, output, parameters, stream=None):
+    def fake_run_notebook(path, output, parameters, stream=None, prefix=""):
         seen.append(parameters["runs_dir"])
         return {"notebook": path.name, "wall_time_s": 0.0, "metrics": {}, "figures": []}
 

@@ -1,0 +1,143 @@
+"""Train several runs at once on a CPU, each in a process of its own.
+
+    train_all(cfgs, runs_dir=..., data_root=..., jobs=2)
+
+The quick networks are small: their convolutions use a second core poorly (one
+training step of quick CelebA takes 1.5× less time on two threads than on one, not
+2×), so on a CPU two runs side by side, one thread each, finish sooner than the same
+two runs one after the other on both cores (`benchmarks/bench_jobs.py` measures it).
+Each job is `python -m sosvae_core train` with its thread count set, so a run trained
+here is the same run folder that the command line and the notebooks find. Runs that
+are already finished are only loaded later; the longest runs start first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .configs import Config
+from .paths import cache_root, runs_root
+
+ENV_JOBS = "SOSVAE_JOBS"
+
+
+def default_jobs(device: str = "auto") -> int:
+    """How many runs to train at once: one on a GPU; on a CPU one per core, up to 4
+    ($SOSVAE_JOBS overrides)."""
+    if os.environ.get(ENV_JOBS):
+        return parse_jobs(os.environ[ENV_JOBS])
+    from .train import select_device
+    if select_device(device).type != "cpu":
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def parse_jobs(value) -> int:
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        jobs = 0
+    if jobs < 1:
+        raise ValueError(f"jobs must be a whole number ≥ 1, got {value!r}; use e.g. --jobs 2 (or {ENV_JOBS}=2)")
+    return jobs
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def relative_cost(cfg: Config) -> float:
+    """A rough training cost (image pixels × images × epochs), to start the longest runs first."""
+    h, w = cfg.image_size if cfg.image_size else (218, 178)
+    return float(h * w * cfg.n_images * cfg.epochs)
+
+
+def train_command(cfg: Config, runs_dir: Path, cache_dir: Path, data_root=None, device: str = "auto") -> list:
+    """The command line that trains `cfg` into its run folder under `runs_dir`."""
+    from .configs import get_config
+    cmd = [sys.executable, "-m", "sosvae_core", "train", "--config", cfg.experiment, "--profile", cfg.profile,
+           "--model", cfg.model, "--runs-dir", str(runs_dir), "--cache-dir", str(cache_dir), "--device", device]
+    if data_root:
+        cmd += ["--data-root", str(data_root)]
+    ours, base = dataclasses.asdict(cfg), dataclasses.asdict(get_config(cfg.experiment, cfg.profile, cfg.model))
+    changed = {k: v for k, v in ours.items() if base.get(k) != v}  # overrides, runtime fields included
+    if changed:
+        cmd += ["--set"] + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in changed.items()]
+    return cmd
+
+
+def _relay(pipe, stream, lock) -> None:
+    for line in iter(pipe.readline, ""):
+        with lock:
+            stream.write(line)
+            stream.flush()
+
+
+def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str = "auto",
+              jobs: Optional[int] = None, stream=None) -> dict:
+    """Train every config that no run folder has finished, `jobs` at a time (longest first).
+
+    What each job prints (a line per epoch) goes to `stream` as it comes; a failed job
+    stops the others and raises with the end of its error output. Returns {run name:
+    seconds} of the runs trained now."""
+    from .train import run_name
+    stream = stream or sys.stdout
+    runs = runs_root(runs_dir).resolve()
+    cache = cache_root(runs_dir=runs).resolve()
+    jobs = parse_jobs(jobs) if jobs is not None else default_jobs(device)
+    todo, seen = [], set()
+    for cfg in cfgs:
+        name = run_name(cfg)
+        if name not in seen and not (runs / name / "done.json").exists():
+            seen.add(name)
+            todo.append(cfg)
+    todo.sort(key=relative_cost, reverse=True)
+    if not todo:
+        return {}
+    threads = threads_per_job(min(jobs, len(todo)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    print(f"training {len(todo)} run(s), {min(jobs, len(todo))} at a time, {threads} thread(s) each: "
+          + ", ".join(run_name(c) for c in todo), file=stream, flush=True)
+    lock = threading.Lock()
+    queue, running, times = deque(todo), [], {}
+    runs.mkdir(parents=True, exist_ok=True)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cfg = queue.popleft()
+                err = (runs / f".{run_name(cfg)}.stderr").open("w+")
+                proc = subprocess.Popen(train_command(cfg, runs, cache, data_root, device), env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=err, cwd=Path(__file__).resolve().parent.parent)
+                relay = threading.Thread(target=_relay, args=(proc.stdout, stream, lock), daemon=True)
+                relay.start()
+                running.append((cfg, proc, err, relay, time.time()))
+            time.sleep(0.2)
+            for item in list(running):
+                cfg, proc, err, relay, t0 = item
+                if proc.poll() is None:
+                    continue
+                relay.join()
+                running.remove(item)
+                err.seek(0)
+                tail = err.read().strip().splitlines()[-15:]
+                err.close()
+                os.unlink(err.name)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"training {run_name(cfg)} failed (exit {proc.returncode}):\n  "
+                                       + "\n  ".join(tail))
+                times[run_name(cfg)] = round(time.time() - t0, 1)
+    finally:
+        for cfg, proc, err, relay, _ in running:  # a failure or an interrupt: stop the others
+            proc.terminate()
+            proc.wait()
+            err.close()
+            if os.path.exists(err.name):
+                os.unlink(err.name)
+    return times
