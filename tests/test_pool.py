@@ -47,6 +47,8 @@ def test_jobs_are_checked_and_longest_runs_start_first(monkeypatch):
     assert 1 <= pool.default_jobs("cpu") <= 4
     big, small = get_config("celeba", "quick", "sos"), get_config("lfw", "smoke", "sos")
     assert pool.relative_cost(big) > pool.relative_cost(small)
+    order = sorted(context("quick").planned_configs(), key=pool.relative_cost, reverse=True)
+    assert order[0].model == "sos_learned_diag" and order[-1].model == "distribution"
 
 
 def test_two_jobs_train_side_by_side_and_a_second_call_loads(tmp_path):
