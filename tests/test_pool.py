@@ -17,7 +17,8 @@ def config_of_command(cmd):
 
 
 @pytest.mark.parametrize("data", [None, "/data"])
-def test_each_planned_job_trains_the_run_folder_the_notebooks_load(tmp_path, data):
+def test_each_planned_job_trains_the_run_folder_the_notebooks_load(tmp_path, data, monkeypatch):
+    monkeypatch.delenv("SOSVAE_DATA_ROOT", raising=False)  # data=None: the bundled default
     ctx = context("quick", data_root=tmp_path if data else None, runs_dir=tmp_path / "runs")
     plan = ctx.planned_configs()
     datasets = {c.experiment for c in plan}
