@@ -71,8 +71,8 @@ def train_command(cfg: Config, runs_dir: Path, cache_dir: Path, data_root=None, 
     from .configs import get_config
     cmd = [sys.executable, "-m", "sosvae_core", "train", "--config", cfg.experiment, "--profile", cfg.profile,
            "--model", cfg.model, "--runs-dir", str(runs_dir), "--cache-dir", str(cache_dir), "--device", device]
-    if data_root:
-        cmd += ["--data-root", str(data_root)]
+    if data_root:  # absolute: the job may start in another folder than the caller's
+        cmd += ["--data-root", str(Path(data_root).resolve())]
     ours, base = dataclasses.asdict(cfg), dataclasses.asdict(get_config(cfg.experiment, cfg.profile, cfg.model))
     changed = {k: v for k, v in ours.items() if base.get(k) != v}  # overrides, runtime fields included
     if changed:
@@ -121,7 +121,7 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
                 cfg = queue.popleft()
                 err = (runs / f".{run_name(cfg)}.stderr").open("w+")
                 proc = subprocess.Popen(train_command(cfg, runs, cache, data_root, device), env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=err, cwd=Path(__file__).resolve().parent.parent)
+                                        stdout=subprocess.PIPE, stderr=err)
                 relay = threading.Thread(target=_relay, args=(proc.stdout, stream, lock), daemon=True)
                 relay.start()
                 running.append((cfg, proc, err, relay, time.time()))
