@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .configs import Config
+from .configs import Config, get_config
 from .paths import cache_root, runs_root
 
 ENV_JOBS = "SOSVAE_JOBS"
@@ -49,8 +49,22 @@ def parse_jobs(value) -> int:
     return jobs
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read by torch when a process starts
+
+
 def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def thread_environment(jobs: int) -> dict:
+    """The environment variables that give a process started now its share of the cores."""
+    return dict.fromkeys(THREAD_VARIABLES, str(threads_per_job(jobs)))
+
+
+def _discard(log) -> None:
+    log.close()
+    if os.path.exists(log.name):
+        os.unlink(log.name)
 
 
 # time per training step against SOS-VAE's, measured on the quick CelebA networks with one
@@ -68,7 +82,6 @@ def relative_cost(cfg: Config) -> float:
 
 def train_command(cfg: Config, runs_dir: Path, cache_dir: Path, data_root=None, device: str = "auto") -> list:
     """The command line that trains `cfg` into its run folder under `runs_dir`."""
-    from .configs import get_config
     cmd = [sys.executable, "-m", "sosvae_core", "train", "--config", cfg.experiment, "--profile", cfg.profile,
            "--model", cfg.model, "--runs-dir", str(runs_dir), "--cache-dir", str(cache_dir), "--device", device]
     if data_root:  # absolute: the job may start in another folder than the caller's
@@ -109,7 +122,7 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
     if not todo:
         return {}
     threads = threads_per_job(min(jobs, len(todo)))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **thread_environment(min(jobs, len(todo))), PYTHONUNBUFFERED="1")
     print(f"training {len(todo)} run(s), {min(jobs, len(todo))} at a time, {threads} thread(s) each: "
           + ", ".join(run_name(c) for c in todo), file=stream, flush=True)
     lock = threading.Lock()
@@ -134,8 +147,7 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
                 running.remove(item)
                 err.seek(0)
                 tail = err.read().strip().splitlines()[-15:]
-                err.close()
-                os.unlink(err.name)
+                _discard(err)
                 if proc.returncode != 0:
                     raise RuntimeError(f"training {run_name(cfg)} failed (exit {proc.returncode}):\n  "
                                        + "\n  ".join(tail))
@@ -144,7 +156,5 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
         for cfg, proc, err, relay, _ in running:  # a failure or an interrupt: stop the others
             proc.terminate()
             proc.wait()
-            err.close()
-            if os.path.exists(err.name):
-                os.unlink(err.name)
+            _discard(err)
     return times

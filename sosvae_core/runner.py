@@ -135,7 +135,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     from .notebook import context
-    from .pool import default_jobs, parse_jobs, threads_per_job, train_all
+    from .pool import THREAD_VARIABLES, default_jobs, parse_jobs, thread_environment, train_all
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     runs = runs_root(runs_dir).resolve()
@@ -173,9 +173,9 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
                 print(f"    trained {len(trained)} run(s) in {summary['training_wall_time_s']:.0f} s", flush=True)
         side_by_side = [b for b in books if b.name[:2] not in RUN_LAST]
         side_by_side.sort(key=lambda b: (b.name[:2] not in START_FIRST, b.name))
-        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
         if jobs > 1:  # each kernel inherits its share of the cores
-            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads_per_job(jobs))
+            os.environ.update(thread_environment(jobs))
         try:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 futures = [pool.submit(execute, b) for b in side_by_side]
