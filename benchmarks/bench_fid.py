@@ -1,11 +1,12 @@
-"""Inception feature throughput for FID, contiguous against channels-last (not a test).
+"""Inception feature throughput for FID: memory layout and images per forward (not a test).
 
-    python benchmarks/bench_fid.py [--n 100] [--repeats 3] [--device cpu]
+    python benchmarks/bench_fid.py [--n 100] [--repeats 3] [--device cpu] [--batch-sizes 1,5,10,50]
 
 Times the FID network (the project's extractor, 299×299 input) on n generated-size
-images, in the memory layout the project uses (channels-last) and in the plain
-contiguous layout, in the same run; prints images/s, the ratio, and the largest
-feature difference between the two layouts.
+images, all in the same run: the plain contiguous layout at batch 50 (pytorch-fid's
+defaults) as the baseline, then channels-last (the layout the project uses) at each
+batch size. Prints images/s, the ratio to the baseline, and the largest feature
+difference from it. Pass --threads 1 with a second copy running to see the side-by-side case.
 """
 import argparse
 import statistics
@@ -17,7 +18,8 @@ from sosvae_core import fid
 
 
 def timed(fn, repeats):
-    fn()  # warm-up
+    fn()  # warm-up (TorchScript profiles its first calls)
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -31,29 +33,36 @@ def main():
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-sizes", default="1,5,10,50", help="comma-separated images per forward")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     extractor = fid.load_feature_extractor(device=args.device)
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(args.n, 3, 54, 44, generator=g) * 255).to(torch.uint8)
     x = fid.preprocess(images).to(args.device)
 
-    def run(net, layout):
+    def run(net, layout, batch):
         with torch.inference_mode():
-            outs = [net(x[i:i + 50].contiguous(memory_format=layout)) for i in range(0, len(x), 50)]
+            outs = [net(x[i:i + batch].contiguous(memory_format=layout)) for i in range(0, len(x), batch)]
         outs = [o[0] if isinstance(o, (list, tuple)) else o for o in outs]
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return torch.cat([o.reshape(o.shape[0], -1) for o in outs])
 
-    t_cl, f_cl = timed(lambda: run(extractor.net, torch.channels_last), args.repeats)
-    plain = extractor.net.to(memory_format=torch.contiguous_format)
-    t_plain, f_plain = timed(lambda: run(plain, torch.contiguous_format), args.repeats)
+    net = extractor.net
     print(f"{extractor.backend} on {args.device}, {args.n} images, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"contiguous     {args.n / t_plain:7.1f} images/s")
-    print(f"channels-last  {args.n / t_cl:7.1f} images/s   ×{t_plain / t_cl:.2f}")
-    print(f"largest feature difference {float((f_cl - f_plain).abs().max()):.2e} "
-          f"(features up to {float(f_plain.abs().max()):.2f})")
+          f"{torch.get_num_threads()} threads; project default batch {fid.default_batch_size(args.device)}")
+    plain = net.to(memory_format=torch.contiguous_format)
+    t_base, f_base = timed(lambda: run(plain, torch.contiguous_format, 50), args.repeats)
+    print(f"contiguous,    batch 50  {args.n / t_base:7.2f} images/s   (baseline)")
+    net = net.to(memory_format=torch.channels_last)
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        t, f = timed(lambda: run(net, torch.channels_last, batch), args.repeats)
+        print(f"channels-last, batch {batch:<3d} {args.n / t:7.2f} images/s   ×{t_base / t:.2f}   "
+              f"largest feature difference {float((f - f_base).abs().max()):.1e}")
+    print(f"(features up to {float(f_base.abs().max()):.2f})")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data-root", help="dataset folder for the reference statistics")
     f.add_argument("--weights", help="Inception weights file (default: $SOSVAE_FID_WEIGHTS, then the search order)")
     f.add_argument("--device", default="auto")
-    f.add_argument("--batch-size", type=int, default=100)
+    f.add_argument("--batch-size", type=int, default=None,
+                   help="images per Inception forward (default: 5 on a CPU, 50 on a GPU)")
     f.add_argument("--cache-dir", help="cached reference statistics (default: $SOSVAE_CACHE_DIR, else cache/ beside "
                                        "the runs)")
     f.set_defaults(func=cmd_fid)

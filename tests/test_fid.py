@@ -7,6 +7,7 @@ possible. With 16 images sigma has rank 15; pytorch-fid copes with that.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -203,6 +204,28 @@ def test_bundled_features_deterministic_and_gray_replicated(extractor):
     assert np.array_equal(a, rgb)
     # float input in [0, 1] is quantised to the same uint8 images first
     assert np.array_equal(a, extractor(gray.float() / 255))
+
+
+def test_default_batch_size_is_small_on_a_cpu_and_large_elsewhere():
+    assert fid.default_batch_size("cpu") == fid.CPU_BATCH_SIZE == 5
+    assert fid.default_batch_size(torch.device("cuda", 0)) == fid.ACCELERATOR_BATCH_SIZE == 50
+    assert fid.default_batch_size("mps") == fid.ACCELERATOR_BATCH_SIZE
+
+
+def test_batch_size_below_one_is_an_error():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        fid.load_feature_extractor(hub_dir="/nonexistent-hub-dir", batch_size=0)
+
+
+@pytest.mark.slow
+def test_features_do_not_depend_on_the_inception_batch_size(extractor):
+    assert extractor.batch_size == fid.CPU_BATCH_SIZE  # the CPU default
+    images = seeded_images(4, seed=2, channels=3)
+    one = dataclasses.replace(extractor, batch_size=1)(images)
+    four = dataclasses.replace(extractor, batch_size=4)(images)
+    three = dataclasses.replace(extractor, batch_size=3)(images)  # a ragged last batch
+    assert np.abs(one - four).max() < 1e-4 * max(1.0, np.abs(four).max())
+    assert np.abs(three - four).max() < 1e-4 * max(1.0, np.abs(four).max())
 
 
 @pytest.mark.slow
