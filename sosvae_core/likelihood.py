@@ -75,6 +75,8 @@ def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
 class _FixedDiagTerms(torch.autograd.Function):
     """Mahalanobis term and log|C| for Σ = PPᵀ + εI, with hand-derived gradients.
 
+    (A learned diagonal D reaches it whitened, with ε = 1: see LowRankNormal.log_prob.)
+
     Forward: C = I + PᵀP/ε, ω* = C⁻¹Pᵀr/ε, u = r − Pω*, maha = ‖u‖²/ε + ‖ω*‖².
     Backward (ω* is a minimiser, so its own variation drops out):
         ∂maha/∂r = 2u/ε,   ∂maha/∂P = −2 u ω*ᵀ/ε,   ∂log|C|/∂P = 2 P C⁻¹/ε.
@@ -255,12 +257,22 @@ class LowRankNormal(Distribution):
                              f"{self.event_shape[0]}; flatten images to (..., S)")
         r = value - self.loc
         S = self.event_shape[0]
-        if self.fixed_diag and r.shape == self.loc.shape:
-            # the paper's case, one value per distribution: fused gradients
-            maha, log_det_cap = _FixedDiagTerms.apply(r, self.cov_factor, self.cov_diag)
+        if r.shape == self.loc.shape:
+            # one value per distribution: fused gradients. A learned D is whitened first,
+            # Σ = D^½ (P̃P̃ᵀ + I) D^½ with P̃ = D^-½ P and r̃ = D^-½ r, so that the same
+            # terms apply with ε = 1 and log|Σ| = log|C| + Σᵢ log Dᵢ (C is unchanged).
+            if self.fixed_diag:
+                maha, log_det_cap = _FixedDiagTerms.apply(r, self.cov_factor, self.cov_diag)
+                log_det_d = S * math.log(self.cov_diag)
+            else:
+                d = self.cov_diag.expand(self.loc.shape)
+                inv_sqrt_d = d.rsqrt()
+                maha, log_det_cap = _FixedDiagTerms.apply(r * inv_sqrt_d, self.cov_factor * inv_sqrt_d.unsqueeze(-1),
+                                                          1.0)
+                log_det_d = d.log().sum(-1).double()
             if self._log_det_cap is None:
                 self._log_det_cap = log_det_cap  # shared with entropy()
-            log_det = log_det_cap + S * math.log(self.cov_diag)
+            log_det = log_det_cap + log_det_d
         else:
             omega = self._posterior_omega(r)
             unexplained = r - (self.cov_factor @ omega.to(r.dtype).unsqueeze(-1)).squeeze(-1)
