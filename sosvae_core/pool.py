@@ -67,10 +67,9 @@ def _discard(log) -> None:
         os.unlink(log.name)
 
 
-# time per training step against SOS-VAE's, measured on the quick CelebA networks with one
-# thread each (a 2-core AMD EPYC): the learned diagonal takes the likelihood's general path,
-# the distribution-only model has no network
-STEP_COST = {"sos": 1.0, "beta": 0.8, "dorta": 1.0, "sos_learned_diag": 1.35, "distribution": 0.1}
+# time per training step against SOS-VAE's, measured on the quick CelebA networks
+# (benchmarks/bench_train.py, a 2-core AMD EPYC); the distribution-only model has no network
+STEP_COST = {"sos": 1.0, "beta": 0.8, "dorta": 1.0, "sos_learned_diag": 1.0, "distribution": 0.1}
 
 
 def relative_cost(cfg: Config) -> float:
