@@ -18,8 +18,13 @@ covariance). This module implements the pytorch-fid (0.3.0) protocol:
 3. The FID Inception network (the TensorFlow graph ``inception-2015-12-05``)
    gives 2048 pool3 features per image; their mean ``mu`` and covariance
    ``sigma = np.cov(act, rowvar=False)`` are computed in float64.
-4. ``FID = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``,
-   computed by ``pytorch_fid.fid_score.calculate_frechet_distance``.
+4. ``FID = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``.
+   pytorch-fid takes the trace term from ``scipy.linalg.sqrtm(sigma1 @ sigma2)``;
+   :func:`frechet_distance` takes it from the eigenvalues of the symmetric
+   ``A sigma2 A`` with ``A = sigma1^(1/2)`` (the same eigenvalues as
+   ``sigma1 sigma2``): the same number (tested against pytorch-fid's function),
+   ~5x faster at 2048 features, and exact where the covariances are singular
+   (N < 2048), where ``sqrtm`` warns.
 
 Weights. pytorch-fid downloads its weights at run time, which is impossible
 offline. :func:`find_inception_weights` looks, in this order, for an explicit
@@ -406,13 +411,24 @@ def activation_statistics(
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's code)."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-    with warnings.catch_warnings():
-        # pytorch-fid 0.3.0 passes sqrtm(disp=False), deprecated in SciPy 1.17.
-        warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated.*")
-        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    Tr (sigma1 sigma2)^(1/2) = Σᵢ √λᵢ over the eigenvalues λ of A sigma2 A, A = sigma1^(1/2):
+    A sigma2 A is similar to sigma1 sigma2 and symmetric positive semi-definite, so two
+    symmetric eigendecompositions replace pytorch-fid's general sqrtm (module docstring).
+    Rounding can leave eigenvalues of a singular covariance slightly negative; they are 0."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"the two feature statistics differ in shape (means {mu1.shape} and {mu2.shape}, "
+                         f"covariances {sigma1.shape} and {sigma2.shape}); compute both with the same extractor")
+    w, v = np.linalg.eigh(sigma1)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root @ sigma2 @ root
+    lam = np.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_sqrt = np.sqrt(np.clip(lam, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Tests for sosvae_core.fid (offline FID, pytorch-fid protocol).
 
-The Inception network runs on the CPU at 299x299, and one 2048x2048 sqrtm
-takes seconds, so the real-network tests use 16 images and as few FIDs as
+The Inception network runs on the CPU at 299x299, and one 2048x2048 Fréchet
+distance takes seconds, so the real-network tests use 16 images and as few FIDs as
 possible. With 16 images sigma has rank 15; pytorch-fid copes with that.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,29 @@ def test_frechet_distance_matches_scipy_formula():
     assert abs(fid.frechet_distance(mu1, sigma1, mu1, sigma1)) < 1e-8
 
 
+@pytest.mark.parametrize("n", [40, 400])  # singular covariances (n < d) and full-rank ones
+def test_frechet_distance_matches_pytorch_fids_function(n):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(1)
+    d = 64
+    mix = rng.normal(size=(d, d)) * 0.2
+    x1 = np.abs(rng.normal(size=(n, d)) @ mix)
+    x2 = np.abs(rng.normal(size=(n, d)) @ mix + 0.1)
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (x1, x2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sqrtm of singular matrices warns; its result is still close
+        expected = calculate_frechet_distance(*stats[0], *stats[1])
+    np.testing.assert_allclose(fid.frechet_distance(*stats[0], *stats[1]), expected, rtol=1e-6)
+    # a singular covariance's zero eigenvalues come back as ±1e-16 and their roots as 1e-8
+    assert abs(fid.frechet_distance(*stats[0], *stats[0])) < 1e-7 * np.trace(stats[0][1])
+
+
+def test_frechet_distance_of_statistics_that_differ_in_shape_is_an_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
 @pytest.mark.slow
 def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
     model = FakeSOSModel()
@@ -314,7 +338,7 @@ def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
     result = fid.fid_of_model(model, ref, n, "means", extractor, batch_size=n, seed=0, progress=False)
     assert result["n"] == n and result["n_reference"] == n and result["what"] == "means"
     assert result["backend"] == extractor.backend and result["weights_sha256"] == extractor.weights_sha256
-    scale = np.trace(ref[1])  # sqrtm error is relative to the covariance size
+    scale = np.trace(ref[1])  # rounding error is relative to the covariance size
     assert abs(result["fid"]) < 1e-6 * scale + 1e-3
 
     clean = torch.cat(list(fid.generate_images(model, n, "means", batch_size=n, seed=0))).float() / 255
