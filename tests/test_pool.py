@@ -49,7 +49,8 @@ def test_jobs_are_checked_and_longest_runs_start_first(monkeypatch):
     big, small = get_config("celeba", "quick", "sos"), get_config("lfw", "smoke", "sos")
     assert pool.relative_cost(big) > pool.relative_cost(small)
     order = sorted(context("quick").planned_configs(), key=pool.relative_cost, reverse=True)
-    assert order[0].model == "sos_learned_diag" and order[-1].model == "distribution"
+    # the two portrait runs with SOS-VAE's step cost (the ablation's fused step is level with it) first
+    assert {c.model for c in order[:2]} == {"sos", "sos_learned_diag"} and order[-1].model == "distribution"
 
 
 def test_two_jobs_train_side_by_side_and_a_second_call_loads(tmp_path):
