@@ -98,6 +98,8 @@ class Config:
     blocks: int = 2
     norm: str = "batch"
     upsample: str = "transpose"  # the decoder's upsampling: "transpose" (paper) or "resize"
+    # feature maps the observation heads see (the decoder's last 1×1 convolution); None: channels[0]
+    head_channels: Optional[int] = None
     stencil: int = 3  # Dorta et al. sparse Cholesky stencil
     # objective
     target_kl: Optional[float] = 45.0

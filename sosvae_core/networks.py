@@ -17,7 +17,7 @@ covariance ≈ εI.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -104,12 +104,22 @@ class Encoder(nn.Module):
 
 
 class DecoderBody(nn.Module):
-    """z → features (channels[0], H, W) at the image's exact resolution."""
+    """z → features (head_channels, H, W) at the image's exact resolution.
+
+    The last layer is a 1×1 convolution, normalisation and ReLU, as in the paper's code
+    (64 → 64). `head_channels` sets its width, the number of feature maps the observation
+    heads combine; by default channels[0]. Each of P's R columns is a combination of
+    these maps and a constant, so a head that sees fewer maps than R + 1 cannot give the
+    components shapes of their own.
+    """
 
     def __init__(self, image_shape: Sequence[int], latent_dim: int = 128,
                  channels: Sequence[int] = (64, 128, 256, 512), blocks: int = 2, norm: str = "batch",
-                 upsample: str = "transpose"):
+                 upsample: str = "transpose", head_channels: Optional[int] = None):
         super().__init__()
+        head_channels = channels[0] if head_channels is None else head_channels
+        if head_channels < 1:
+            raise ValueError(f"head_channels must be a positive number of feature maps, got {head_channels}")
         if upsample not in UPSAMPLING:
             raise ValueError(f"unknown upsampling '{upsample}'; use one of {UPSAMPLING}")
         _, H, W = image_shape
@@ -130,9 +140,9 @@ class DecoderBody(nn.Module):
             layers += [ResidualBlock(channels[level - 1], channels[level - 1], norm=norm)
                        for _ in range(blocks - 1)]
         layers += [ResidualBlock(channels[0], channels[0], norm=norm),
-                   nn.Conv2d(channels[0], channels[0], 1), norm_layer(norm, channels[0]), nn.ReLU(inplace=True)]
+                   nn.Conv2d(channels[0], head_channels, 1), norm_layer(norm, head_channels), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
-        self.latent_dim = latent_dim
+        self.latent_dim, self.out_channels = latent_dim, head_channels
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z[:, :, None, None])
@@ -208,13 +218,14 @@ class VAE(nn.Module):
 
     def __init__(self, image_shape: Sequence[int], kind: str = "sos", latent_dim: int = 128,
                  rank: int = 25, eps: float = 1e-5, channels: Sequence[int] = (64, 128, 256, 512),
-                 blocks: int = 2, norm: str = "batch", stencil: int = 3, upsample: str = "transpose"):
+                 blocks: int = 2, norm: str = "batch", stencil: int = 3, upsample: str = "transpose",
+                 head_channels: Optional[int] = None):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.kind, self.latent_dim, self.rank = kind, latent_dim, rank
         self.encoder = Encoder(image_shape, latent_dim, channels, blocks, norm)
-        self.decoder = DecoderBody(image_shape, latent_dim, channels, blocks, norm, upsample)
-        self.head = make_head(kind, channels[0], image_shape, rank, eps, stencil)
+        self.decoder = DecoderBody(image_shape, latent_dim, channels, blocks, norm, upsample, head_channels)
+        self.head = make_head(kind, self.decoder.out_channels, image_shape, rank, eps, stencil)
 
     def encode(self, x: torch.Tensor) -> Normal:
         return self.encoder(x)

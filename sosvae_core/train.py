@@ -82,7 +82,7 @@ def build_model(cfg: Config, image_shape) -> torch.nn.Module:
     if cfg.model == "distribution":
         return DistributionOnly(image_shape, cfg.rank, cfg.eps, seed=cfg.seed)
     return VAE(image_shape, cfg.model, cfg.latent_dim, cfg.rank, cfg.eps, cfg.channels,
-               cfg.blocks, cfg.norm, cfg.stencil, cfg.upsample)
+               cfg.blocks, cfg.norm, cfg.stencil, cfg.upsample, cfg.head_channels)
 
 
 def _rng_state(flip_gen: torch.Generator, device: torch.device) -> dict:

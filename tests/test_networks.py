@@ -97,6 +97,29 @@ def test_variance_parameters_are_the_non_mean_heads():
     assert len(beta.variance_parameters()) == 2
 
 
+@pytest.mark.parametrize("kind", ["sos", "sos_learned_diag", "beta", "dorta"])
+def test_head_channels_sets_the_feature_maps_every_head_sees(kind):
+    """The decoder's last 1×1 convolution widens to head_channels; the paper's network
+    (head_channels None) keeps channels[0] → channels[0]."""
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), kind, head_channels=20, **SMALL)
+    last = [m for m in model.decoder.body if isinstance(m, torch.nn.Conv2d)][-1]
+    assert (last.in_channels, last.out_channels) == (8, 20)
+    assert model.decoder(torch.zeros(2, 6)).shape == (2, 20, 8, 8)
+    heads = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert heads and all(h.in_channels == 20 for h in heads)
+    with torch.no_grad():
+        assert model.decode(torch.zeros(2, 6)).mean.shape == (2, 64)
+    paper = VAE((1, 8, 8), kind, **SMALL)
+    last = [m for m in paper.decoder.body if isinstance(m, torch.nn.Conv2d)][-1]
+    assert (last.in_channels, last.out_channels) == (8, 8)
+
+
+def test_head_channels_must_be_positive():
+    with pytest.raises(ValueError, match="head_channels must be a positive"):
+        VAE((1, 8, 8), "sos", head_channels=0, **SMALL)
+
+
 def test_distribution_only_model():
     m = DistributionOnly((1, 4, 4), rank=3)
     d = m.distribution(5)
