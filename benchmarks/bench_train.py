@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py [--device auto] [--steps 10] [--warmup 3] [--batch-size 25]
         [--configs paper-218x178,paper-64x64,quick-54x44,quick-32x32] [--kinds sos,beta]
-        [--amp] [--tf32] [--channels-last] [--compile] [--large-batch 4] [--combined]
+        [--amp] [--tf32] [--channels-last] [--compile] [--large-batch 4] [--combined] [--head-channels 16]
 
 One step is what the Trainer does per batch: the forward pass through
 `ObjectiveTerms` (networks, then the float32 likelihood), the MDMM Lagrangian of
@@ -22,6 +22,8 @@ it in the same run; `ratio` is its images/s over that baseline's:
     --compile        torch.compile of the step's forward (compile time shown apart)
     --large-batch K  batch × K, learning rate × K (throughput only: it changes training)
     --combined       all the toggles given, at once
+    --head-channels N  the observation heads see N feature maps instead of the config's
+                     (quick: 64; a model change, measured here for its cost only)
 Each measurement runs in a fresh process, so that peak memory is its own:
 `torch.cuda.max_memory_allocated` on CUDA, the process's peak RSS on CPU (which
 includes ~0.3-0.5 GB of Python and torch; `start` is the RSS before the model).
@@ -78,6 +80,8 @@ def measure(job: dict) -> dict:
         set_tf32(job["tf32"])
     experiment, profile = CONFIGS[job["config"]]
     cfg = get_config(experiment, profile, job["kind"])
+    if job.get("head_channels"):
+        cfg = cfg.replace(head_channels=job["head_channels"])
     shape = output_shape(cfg.dataset, cfg.image_size)
     batch = job["batch_size"] * job["batch_mult"]
     torch.manual_seed(0)
@@ -164,6 +168,8 @@ def variants(args, device_type: str):
         out.append(("compile", dict(base, compile=True)))
     if args.large_batch > 1:
         out.append((f"batch x{args.large_batch}", dict(base, batch_mult=args.large_batch)))
+    if args.head_channels:
+        out.append((f"heads see {args.head_channels} maps", dict(base, head_channels=args.head_channels)))
     if args.combined:
         on = dict(amp=args.amp, tf32=args.tf32 and device_type == "cuda",
                   channels_last=args.channels_last, compile=args.compile,
@@ -197,6 +203,8 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--large-batch", type=int, default=1, metavar="K")
     ap.add_argument("--combined", action="store_true", help="also all requested toggles together")
+    ap.add_argument("--head-channels", type=int, default=0, metavar="N",
+                    help="also the network whose observation heads see N feature maps")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every variant this often, interleaved (for a noisy machine)")
