@@ -92,11 +92,23 @@ def test_damping_and_release_follow_the_papers_code_except_where_documented():
 
 
 def test_quick_brain_entropy_bound_is_calibrated_at_its_own_size():
-    """The quick brain slices use a budget of 45 nats above the εI floor at 52×44 (configs.py),
+    """The quick brain slices use a budget of 70 nats above the εI floor at 52×44 (configs.py),
     below the entropy an unconstrained quick model settles at; the other profiles keep the
     64×64 gray anchor, rescaled to their size."""
     quick = get_config("brain", "quick")
     S = 52 * 44
-    assert quick.target_entropy((1, 52, 44)) - floor_entropy(S, quick.eps) == pytest.approx(45.0, abs=1e-6)
+    assert quick.target_entropy((1, 52, 44)) - floor_entropy(S, quick.eps) == pytest.approx(70.0, abs=1e-6)
     for profile in ("smoke", "paper"):
         assert get_config("brain", profile).target_entropy_at == (64 * 64, -17630.0)
+
+
+def test_quick_heads_see_64_feature_maps_as_the_papers():
+    """Every quick network gives its observation heads 64 feature maps (configs.py: with 16 the
+    25 columns of P could not take shapes of their own); the paper profile keeps its own
+    network, whose last level already has 64 channels."""
+    for experiment in EXPERIMENTS:
+        for model in ("sos", "beta", "dorta", "sos_learned_diag"):
+            quick = get_config(experiment, "quick", model)
+            assert quick.head_channels == 64 and quick.channels[0] == 16, (experiment, model)
+        paper = get_config(experiment, "paper")
+        assert paper.head_channels is None and paper.channels[0] == 64, experiment
