@@ -255,8 +255,7 @@ BRAIN_QUICK_ENTROPY = (52 * 44, floor_entropy(52 * 44, 1e-5) + 70.0)
 # (The pre-training, upsampling, warm-up, damping, diagonal and latent-size measurements above
 # were made with 16 maps, the brain slices' entropy budget with 64.)
 QUICK_NET = dict(channels=(16, 32, 64), head_channels=64, blocks=1, latent_dim=128, lr=1e-3, fid_n=250,
-                 upsample="resize",
-                 release_warmup_epochs=1, **PRETRAIN)
+                 upsample="resize", release_warmup_epochs=1, **PRETRAIN)
 # smoke: seconds on a CPU; a 10× learning rate so that P leaves its tiny init in two epochs
 SMOKE_NET = dict(channels=(8, 16), blocks=1, latent_dim=8, rank=5, lr=1e-3, fid_n=32)
 
