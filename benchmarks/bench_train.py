@@ -10,7 +10,7 @@ One step is what the Trainer does per batch: the forward pass through
 data is one random batch kept on the device, so loading is not measured.
 
 Networks (`get_config`): paper = channels (64, 128, 256, 512), 2 blocks, latent 128,
-R 25, BatchNorm; quick = (16, 32, 64), 1 block, latent 128. Sizes: CelebA 3×218×178
+R 25, BatchNorm; quick = (16, 32, 64), 1 block, heads see 64 maps, latent 128. Sizes: CelebA 3×218×178
 and the 1×64×64 gray crop (paper), 3×54×44 and 1×32×32 (quick).
 
 Every configuration is first measured as plain float32 eager (on CUDA with TF32 off,
