@@ -443,10 +443,12 @@ def generate_images(
     batch_size: int = 100,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    codes: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``n`` generated images as uint8 (B, C, H, W) CPU batches.
 
-    z ~ N(0, I) comes from a generator seeded with ``seed``. ``what='means'``
+    z ~ N(0, I) comes from a generator seeded with ``seed``, or z is the first ``n`` rows
+    of ``codes`` (e.g. :func:`posterior_codes`, the encoded test images). ``what='means'``
     decodes the mean of p(x|z); ``what='samples'`` draws x ~ p(x|z) for the
     same z as ``'means'`` with the same seed. The draw uses the global RNG (``Distribution.sample`` takes no generator), so each
     batch seeds a forked global RNG from the same seeded generator: the same
@@ -454,6 +456,9 @@ def generate_images(
     """
     if what not in ("means", "samples"):
         raise ValueError(f"what must be 'means' or 'samples', got {what!r}")
+    if codes is not None and (codes.dim() != 2 or codes.shape[0] < n or codes.shape[1] != model.latent_dim):
+        raise ValueError(f"codes must have shape (≥ {n}, {model.latent_dim}), got {tuple(codes.shape)}; "
+                         f"pass n ≤ the number of codes")
     device = torch.device(device)
     shape = tuple(model.image_shape)
     # z is drawn on the CPU so that the images do not depend on the device.
@@ -466,7 +471,8 @@ def generate_images(
         done = 0
         while done < n:
             b = min(batch_size, n - done)
-            z = torch.randn(b, model.latent_dim, generator=gen).to(device)
+            z = torch.randn(b, model.latent_dim, generator=gen) if codes is None else codes[done:done + b]
+            z = z.to(device)
             noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
             with torch.no_grad():
                 px_z = model.decode(z)
@@ -564,8 +570,10 @@ def fid_of_model(
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: bool = True,
+    codes: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """FID of ``n`` decoded means or samples from the prior against ``reference``.
+    """FID of ``n`` decoded means or samples from the prior (or from ``codes``, see
+    :func:`generate_images`) against ``reference``.
 
     ``reference`` is (mu, sigma) or the (mu, sigma, n_used) returned by
     :func:`reference_statistics`. The model runs on ``device`` (default: the
@@ -574,12 +582,13 @@ def fid_of_model(
     if extractor is None:
         extractor = load_feature_extractor()
     device = extractor.device if device is None else torch.device(device)
-    images = generate_images(model, n, what=what, batch_size=batch_size, device=device, seed=seed)
+    images = generate_images(model, n, what=what, batch_size=batch_size, device=device, seed=seed, codes=codes)
     mu, sigma, used = activation_statistics(images, extractor, n=n, progress=progress)
     result: dict[str, Any] = {
         "fid": frechet_distance(mu, sigma, reference[0], reference[1]),
         "n": used,
         "what": what,
+        "codes": "prior" if codes is None else "given",
         "seed": seed,
         "backend": extractor.backend,
         "weights_sha256": extractor.weights_sha256,
@@ -617,8 +626,43 @@ def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, 
     return reference_statistics(key, batches, extractor, cache / "fid", min(n, n_available), progress=progress)
 
 
+def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: bool = True) -> dict[str, Any]:
+    """The posterior means q(z|x).loc of the first ``n`` test images of the model's config.
+
+    FID of their decodes against :func:`dataset_reference` separates the decoder from the
+    prior: a model whose test codes decode to good images but whose prior codes do not
+    has a prior that its aggregate posterior does not cover. The reference is the first
+    N images of the whole subset, so some of the scored images' originals can be in it:
+    ``reference_overlap`` counts them."""
+    from .data import load_dataset, load_splits
+
+    cfg = model.config
+    cache = cache_root(cache_dir)
+    kw = dict(data_root=data_root, n_images=cfg.n_images, seed=cfg.split_seed, image_size=cfg.image_size,
+              cache_dir=cache, progress=progress)
+    test = load_splits(cfg.dataset, augment=False, **kw)["test"]
+    if len(test) < n:
+        raise ValueError(f"the test split of {cfg.dataset} holds {len(test)} images, fewer than n = {n}; "
+                         f"pass n ≤ {len(test)}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            codes = torch.cat([model.encode(test.images[i:i + 100].to(device).float() / 255).loc.cpu()
+                               for i in range(0, n, 100)])[:n]
+    finally:
+        model.train(was_training)
+    overlap = None
+    if test.files:
+        reference_files = set(load_dataset(cfg.dataset, split="all", augment=False, **kw).files[:n])
+        overlap = len(reference_files.intersection(test.files[:n]))
+    return {"codes": codes, "reference_overlap": overlap}
+
+
 def fid_cli(args) -> int:
-    """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples]`: prints one JSON line."""
+    """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples] [--codes prior|test]`:
+    prints one JSON line."""
     import json
 
     from .train import load_run
@@ -629,7 +673,12 @@ def fid_cli(args) -> int:
     extractor = load_feature_extractor(args.weights, device=next(model.parameters()).device,
                                        batch_size=args.batch_size)
     reference = dataset_reference(cfg, extractor, n, data_root=args.data_root, cache_dir=args.cache_dir)
-    result = fid_of_model(model, reference, n, what=args.what, extractor=extractor)
+    extra, codes = {}, None
+    if args.codes == "test":
+        extra = posterior_codes(model, n, data_root=args.data_root, cache_dir=args.cache_dir)
+        codes = extra.pop("codes")
+    result = fid_of_model(model, reference, n, what=args.what, extractor=extractor, codes=codes)
+    result.update(codes=args.codes, **extra)
     result.update(run=str(args.run), model=cfg.model, dataset=cfg.dataset, profile=cfg.profile)
     if n < PAPER_N:
         result["note"] = "FID is biased upward at small N; compare only numbers with the same N"

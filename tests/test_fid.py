@@ -385,6 +385,23 @@ def test_generate_images_seeded_means_and_samples():
         next(fid.generate_images(model, 1, "modes"))
 
 
+def test_generate_images_from_given_codes():
+    """codes replace the prior's draws, in order; a wrong shape is a one-line error."""
+    model = FakeSOSModel()
+    codes = torch.randn(7, model.latent_dim, generator=torch.Generator().manual_seed(5))
+    means = torch.cat(list(fid.generate_images(model, 6, "means", batch_size=4, codes=codes)))
+    with torch.no_grad():
+        expected = fid.to_uint8(model.decode(codes[:6]).mean.reshape(6, *model.image_shape))
+    assert torch.equal(means, expected)
+    assert not torch.equal(means, torch.cat(list(fid.generate_images(model, 6, "means", batch_size=4))))
+    samples = torch.cat(list(fid.generate_images(model, 6, "samples", batch_size=4, codes=codes)))
+    assert torch.equal(samples, torch.cat(list(fid.generate_images(model, 6, "samples", batch_size=4, codes=codes))))
+    assert not torch.equal(samples, means)
+    for bad in (codes[:5], codes[:, :3], codes[0]):
+        with pytest.raises(ValueError, match="codes must have shape"):
+            next(fid.generate_images(model, 6, "means", codes=bad))
+
+
 # ---------------------------------------------------------------------------
 # Reference statistics cache
 # ---------------------------------------------------------------------------
@@ -456,6 +473,8 @@ def test_fid_cli_on_a_trained_run(tmp_path, capsys):
     import json
 
     from sosvae_core.__main__ import main as cli
+    from sosvae_core.data import load_splits
+    from sosvae_core.train import load_run
 
     run = tmp_path / "run"
     assert cli(["train", "--config", "lfw", "--profile", "smoke", "--run-dir", str(run), "--no-progress",
@@ -467,7 +486,26 @@ def test_fid_cli_on_a_trained_run(tmp_path, capsys):
     assert result["fid"] > 0 and result["n"] == 12 and result["what"] == "samples"
     assert result["backend"].startswith("torchscript") and len(result["weights_sha256"]) == 64
     assert "biased upward" in result["note"]
+    assert result["codes"] == "prior"
     assert list((tmp_path / "cache" / "fid").glob("*.npz")), "reference statistics were not cached"
+
+    # the posterior means of the test images (10 of the smoke subset's 100) instead of the prior
+    common = ["--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--batch-size", "8", "--what", "means"]
+    assert cli(["fid", "--run", str(run), "--n", "8", "--codes", "test", *common]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["codes"] == "test" and result["n"] == 8 and result["fid"] > 0
+    assert 0 <= result["reference_overlap"] <= 8
+    model = load_run(run, "cpu")
+    got = fid.posterior_codes(model, 8, cache_dir=tmp_path / "cache", progress=False)
+    splits = load_splits("lfw", n_images=model.config.n_images, seed=model.config.split_seed,
+                         cache_dir=tmp_path / "cache", progress=False)
+    model.eval()
+    with torch.no_grad():
+        expected = model.encode(splits["test"].images[:8].float() / 255).loc
+    torch.testing.assert_close(got["codes"], expected)
+    assert got["reference_overlap"] == result["reference_overlap"]
+    with pytest.raises(ValueError, match="holds 10 images"):
+        fid.posterior_codes(model, 11, cache_dir=tmp_path / "cache", progress=False)
 
 
 # Table 1 as the paper prints it (method, dataset, FID; the dataset cell is left empty
