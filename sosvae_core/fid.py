@@ -629,13 +629,17 @@ def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, 
 def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: bool = True) -> dict[str, Any]:
     """The posterior means q(z|x).loc of the first ``n`` test images of the model's config.
 
-    FID of their decodes against :func:`dataset_reference` separates the decoder from the
-    prior: a model whose test codes decode to good images but whose prior codes do not
-    has a prior that its aggregate posterior does not cover. The reference is the first
-    N images of the whole subset, so some of the scored images' originals can be in it:
-    ``reference_overlap`` counts them."""
+    FID of their decodes against :func:`dataset_reference` separates decoding real images'
+    codes from decoding prior codes: a model that does well on the first and not on the
+    second fails where the prior draws codes that no training image has, whether its
+    training codes leave those regions empty or its decoder is unconstrained there. The
+    reference is the first N images of the whole subset, so some of the scored images'
+    originals can be in it: ``reference_overlap`` counts them."""
     from .data import load_dataset, load_splits
 
+    if not getattr(model, "latent_dim", 0):
+        raise ValueError(f"the {getattr(model, 'kind', 'given')} model has no encoder, so it has no test codes; "
+                         f"use prior codes")
     cfg = model.config
     cache = cache_root(cache_dir)
     kw = dict(data_root=data_root, n_images=cfg.n_images, seed=cfg.split_seed, image_size=cfg.image_size,

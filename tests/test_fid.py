@@ -402,6 +402,13 @@ def test_generate_images_from_given_codes():
             next(fid.generate_images(model, 6, "means", codes=bad))
 
 
+def test_posterior_codes_needs_an_encoder():
+    from sosvae_core.networks import DistributionOnly
+
+    with pytest.raises(ValueError, match="distribution model has no encoder"):
+        fid.posterior_codes(DistributionOnly((1, 8, 8), rank=2), 4)
+
+
 # ---------------------------------------------------------------------------
 # Reference statistics cache
 # ---------------------------------------------------------------------------
