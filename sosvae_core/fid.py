@@ -653,7 +653,7 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
     model.eval()
     try:
         with torch.no_grad():
-            codes = torch.cat([model.encode(test.images[i:i + 100].to(device).float() / 255).loc.cpu()
+            codes = torch.cat([model.encode(test.to_float(test.images[i:i + 100], device)).loc.cpu()
                                for i in range(0, n, 100)])[:n]
     finally:
         model.train(was_training)
