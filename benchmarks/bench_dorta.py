@@ -24,7 +24,7 @@ import os
 import torch
 from torch.utils.benchmark import Timer
 
-from sosvae_core.dorta import SparsePrecisionNormal, num_off_diagonal
+from sosvae_core.observations.dorta import SparsePrecisionNormal, num_off_diagonal
 
 
 def make(C: int, H: int, W: int, k: int, B: int, requires_grad: bool = False):

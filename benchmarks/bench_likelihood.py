@@ -17,7 +17,7 @@ import time
 import torch
 from torch.distributions import LowRankMultivariateNormal
 
-from sosvae_core.likelihood import LowRankNormal
+from sosvae_core.observations import LowRankNormal
 
 EPS = 1e-5
 

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .observations import REGISTRY
+
 
 def _parse_overrides(pairs):
     out = {}
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) a model")
     t.add_argument("--config", help="experiment: celeba, celeba64_gray, brain or lfw (bundled)")
     t.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
-    t.add_argument("--model", default="sos", choices=["sos", "beta", "dorta", "distribution", "sos_learned_diag"])
+    t.add_argument("--model", default="sos", choices=list(REGISTRY))
     t.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
     t.add_argument("--runs-dir", help="parent of run folders, shared with run_all.sh and the notebooks "

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import observations
 from .paths import ENV_FID_WEIGHTS, cache_root
 
 __all__ = [
@@ -703,7 +704,6 @@ PAPER_TABLE1 = {
     ("celeba64_gray", "dorta"): (73.44, 77.72),
     ("celeba64_gray", "sos"): (70.43, 74.66),
 }
-MODEL_NAMES = {"beta": "β-VAE", "sos": "SOS-VAE", "dorta": "Dorta et al.", "distribution": "distribution-only"}
 # how a dataset is named in Table 1 and the figure captions: the brain rows' paper values are UK Biobank's
 DATASET_LABELS = {"brain": "brain: OASIS (paper: UK Biobank)"}
 
@@ -758,7 +758,7 @@ TABLE1_HEADER = ("dataset", "model", "N (generated / reference)", "FID means", "
 def table1_cells(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """Table 1's cells as text, one tuple per row in TABLE1_HEADER's order (Markdown here, HTML in report.py)."""
     fmt = lambda v: "—" if v is None else f"{v:.2f}"
-    return [(DATASET_LABELS.get(r["dataset"], r["dataset"]), MODEL_NAMES.get(r["model"], r["model"]),
+    return [(DATASET_LABELS.get(r["dataset"], r["dataset"]), observations.label(r["model"]),
              f"{r['n']} / {r['n_reference']}", fmt(r["fid_means"]), fmt(r["paper_means"]), fmt(r["fid_samples"]),
              fmt(r["paper_samples"])) for r in rows]
 

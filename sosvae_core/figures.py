@@ -6,7 +6,6 @@ each `plot_*` function draws them with matplotlib. The notebooks only call these
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -14,7 +13,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .likelihood import LowRankNormal, slerp
+from .observations import LowRankNormal
+from .slerp import slerp
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -87,13 +87,8 @@ def observation_panel(model, z: torch.Tensor, seed: int = 0) -> Dict[str, torch.
     """
     shape = model.image_shape
     obs = model.decode(z.to(_device(model)))
-    g = torch.Generator().manual_seed(seed)
-    if isinstance(obs, LowRankNormal):
-        omega_p = torch.randn(z.shape[0], obs.rank, generator=g).to(obs.loc.device)
-        omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc.device)
-        sample = obs.rsample(omega_p=omega_p, omega_d=omega_d)
-    else:
-        sample = obs.rsample(omega_d=torch.randn(obs.loc.shape, generator=g).to(obs.loc.device))
+    omega_p, omega_d = obs.draw_noise(torch.Generator().manual_seed(seed))
+    sample = obs.rsample(omega_p=omega_p, omega_d=omega_d)
     centre = centre_pixel(shape)
     cov = obs.covariance_row(centre).clone()
     cov[:, centre] = 0
@@ -195,14 +190,17 @@ def slerp_grid(model, z: torch.Tensor, n: int = 5, seed: int = 0, return_corners
     four corner samples (tl, tr, bl, br) drawn directly from their ω_p, (4, C, H, W).
     """
     obs = model.decode(z[:1].to(_device(model)))
+    if obs.noise_rank == 0:
+        raise ValueError(f"slerp_grid interpolates ω_p, and {type(obs).__name__} has none; "
+                         f"use a model with structured noise (e.g. SOS-VAE)")
     g = torch.Generator().manual_seed(seed)
-    corners = torch.randn(4, obs.rank, generator=g, dtype=torch.float64)
+    corners = torch.randn(4, obs.noise_rank, generator=g, dtype=torch.float64)
     tl, tr, bl, br = corners
     omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc.device)
     t = torch.linspace(0, 1, n + 2, dtype=torch.float64)
     top, bottom = slerp(tl, tr, t), slerp(bl, br, t)  # (n+2, R)
     cells = torch.stack([slerp(top[i], bottom[i], t) for i in range(n + 2)], dim=1)  # (rows, cols, R)
-    omega_p = cells.reshape(-1, obs.rank).to(obs.loc)
+    omega_p = cells.reshape(-1, obs.noise_rank).to(obs.loc)
     y = obs.rsample(omega_p=omega_p.unsqueeze(1), omega_d=omega_d.expand(omega_p.shape[0], *obs.loc.shape))
     grid = y[:, 0].reshape(n + 2, n + 2, *model.image_shape).cpu()
     if not return_corners:

@@ -5,18 +5,12 @@ A ResNet encoder and decoder for any C×H×W, following the paper's code: stride
 and the decoder undoes exactly that with transposed convolutions whose output
 padding restores odd or even sides. No padding, cropping or interpolation.
 
-The decoders differ only in the observation head:
-  - `LowRankHead`   μ and P (cov_factor) with D = εI (SOS-VAE), or a learned D;
-  - `DiagonalHead`  μ and a per-pixel variance (β-VAE);
-  - `SparsePrecisionHead`  μ and the sparse Cholesky factor of the precision
-    (Dorta et al. 2018), in `sosvae_core.dorta`.
-Heads start with weights of std 1e-5, the mean at 0.5 and P at 0, as the
-paper's code does, so that training starts from a flat grey image with
-covariance ≈ εI.
+The decoders differ only in the observation head, which comes from the registry of
+observation models (`sosvae_core.observations`): the low-rank head of SOS-VAE, the
+β-VAE's per-pixel variance, Dorta et al.'s sparse precision, and so on.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -24,9 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
-from .likelihood import DiagonalNormal, LowRankNormal
+from .observations import get_observation_model
 
-HEAD_INIT_STD = 1e-5
 # how the decoder doubles a side: the paper's transposed convolutions, or a nearest-neighbour
 # resize followed by a convolution (no checkerboard from uneven kernel overlap; Odena et al. 2016)
 UPSAMPLING = ("transpose", "resize")
@@ -148,69 +141,10 @@ class DecoderBody(nn.Module):
         return self.body(z[:, :, None, None])
 
 
-def _tiny_conv(c_in: int, c_out: int, bias: float) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, 1)
-    nn.init.normal_(conv.weight, 0.0, HEAD_INIT_STD)
-    nn.init.constant_(conv.bias, bias)
-    return conv
-
-
-def inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
-class LowRankHead(nn.Module):
-    """Features → N(μ, PPᵀ + D): D = εI (paper) or a learned softplus(·) + ε."""
-
-    variance_prefixes = ("factor", "diag")
-    diagonal_prefixes = ("diag",)  # on a log scale: softplus(·) + ε
-
-    def __init__(self, c_in: int, image_channels: int, rank: int = 25, eps: float = 1e-5,
-                 learn_diag: bool = False):
-        super().__init__()
-        self.rank, self.eps, self.c = rank, eps, image_channels
-        self.mean = _tiny_conv(c_in, image_channels, 0.5)
-        self.factor = _tiny_conv(c_in, rank * image_channels, 0.0)
-        self.diag = _tiny_conv(c_in, image_channels, inverse_softplus(eps)) if learn_diag else None
-
-    def forward(self, h: torch.Tensor, validate: bool = False) -> LowRankNormal:
-        B = h.shape[0]
-        loc = self.mean(h).flatten(1)
-        # rank-major channels: component r is channels r·C … r·C + C − 1; flatten C, H, W
-        P = self.factor(h).reshape(B, self.rank, -1).transpose(1, 2)
-        diag = self.eps if self.diag is None else F.softplus(self.diag(h)).flatten(1) + self.eps
-        return LowRankNormal(loc, P, diag, validate_args=validate)
-
-
-class DiagonalHead(nn.Module):
-    """Features → N(μ, diag(softplus(·) + ε)): the β-VAE's pixel-independent likelihood."""
-
-    variance_prefixes = ("var",)
-    diagonal_prefixes = ("var",)  # on a log scale: softplus(·) + ε
-
-    def __init__(self, c_in: int, image_channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.mean = _tiny_conv(c_in, image_channels, 0.5)
-        self.var = _tiny_conv(c_in, image_channels, inverse_softplus(eps))
-
-    def forward(self, h: torch.Tensor, validate: bool = False) -> DiagonalNormal:
-        return DiagonalNormal(self.mean(h).flatten(1), F.softplus(self.var(h)).flatten(1) + self.eps,
-                              validate_args=validate)
-
-
 def make_head(kind: str, c_in: int, image_shape: Sequence[int], rank: int, eps: float,
               stencil: int = 3) -> nn.Module:
-    if kind == "sos":
-        return LowRankHead(c_in, image_shape[0], rank, eps)
-    if kind == "sos_learned_diag":  # the unstabilised ablation of Appendix A
-        return LowRankHead(c_in, image_shape[0], rank, eps, learn_diag=True)
-    if kind == "beta":
-        return DiagonalHead(c_in, image_shape[0], eps)
-    if kind == "dorta":
-        from .dorta import SparsePrecisionHead
-        return SparsePrecisionHead(c_in, image_shape, stencil=stencil, eps=eps)
-    raise ValueError(f"unknown observation model '{kind}'; use sos, sos_learned_diag, beta or dorta")
+    """The decoder head of the registered observation model `kind` (sosvae_core.observations)."""
+    return get_observation_model(kind).make_head(c_in, image_shape, rank=rank, eps=eps, stencil=stencil)
 
 
 class VAE(nn.Module):
@@ -256,36 +190,3 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
         return self.decode(z)
-
-
-class DistributionOnly(nn.Module):
-    """Section 4.5: a single N(μ, PPᵀ + εI) over images, no network and no latent."""
-
-    def __init__(self, image_shape: Sequence[int], rank: int = 25, eps: float = 1e-5,
-                 init_std: float = 1e-3, seed: int = 0):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.kind, self.rank, self.eps, self.latent_dim = "distribution", rank, eps, 0
-        S = math.prod(image_shape)
-        g = torch.Generator().manual_seed(seed)
-        self.loc = nn.Parameter(torch.full((S,), 0.5))
-        # a small random P breaks the symmetry between components (P = 0 is a saddle)
-        self.cov_factor = nn.Parameter(init_std * torch.randn(S, rank, generator=g))
-
-    def distribution(self, batch: int = 1) -> LowRankNormal:
-        S = self.loc.shape[0]
-        return LowRankNormal(self.loc.expand(batch, S), self.cov_factor.expand(batch, S, self.rank),
-                             self.eps, validate_args=False)
-
-    def decode(self, z: torch.Tensor, validate: bool = False) -> LowRankNormal:
-        return self.distribution(z.shape[0])
-
-    def variance_parameters(self):
-        return [self.cov_factor]
-
-    def diagonal_parameters(self):
-        return []
-
-    @torch.no_grad()
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> LowRankNormal:
-        return self.distribution(n)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .configs import Config, get_config
+from .observations import get_observation_model
 from .paths import cache_root, runs_root
 
 ENV_JOBS = "SOSVAE_JOBS"
@@ -67,16 +68,11 @@ def _discard(log) -> None:
         os.unlink(log.name)
 
 
-# time per training step against SOS-VAE's, measured on the quick CelebA networks
-# (benchmarks/bench_train.py, a 2-core AMD EPYC); the distribution-only model has no network
-STEP_COST = {"sos": 1.0, "beta": 0.8, "dorta": 1.0, "sos_learned_diag": 1.0, "distribution": 0.1}
-
-
 def relative_cost(cfg: Config) -> float:
     """A rough training cost (image pixels × images × epochs × the model's step cost), to start
     the longest runs first: a long run started last would leave the other cores idle."""
     h, w = cfg.image_size if cfg.image_size else (218, 178)
-    return float(h * w * cfg.n_images * cfg.epochs) * STEP_COST.get(cfg.model, 1.0)
+    return float(h * w * cfg.n_images * cfg.epochs) * get_observation_model(cfg.model).step_cost
 
 
 def train_command(cfg: Config, runs_dir: Path, cache_dir: Path, data_root=None, device: str = "auto") -> list:

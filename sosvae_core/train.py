@@ -40,8 +40,8 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .configs import Config
-from .likelihood import CapacitanceError
-from .networks import VAE, DistributionOnly
+from .networks import VAE
+from .observations import CapacitanceError, get_observation_model
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
 from .paths import runs_root
 
@@ -79,8 +79,9 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def build_model(cfg: Config, image_shape) -> torch.nn.Module:
-    if cfg.model == "distribution":
-        return DistributionOnly(image_shape, cfg.rank, cfg.eps, seed=cfg.seed)
+    spec = get_observation_model(cfg.model)
+    if not spec.latent:
+        return spec.standalone(image_shape, rank=cfg.rank, eps=cfg.eps, seed=cfg.seed)
     return VAE(image_shape, cfg.model, cfg.latent_dim, cfg.rank, cfg.eps, cfg.channels,
                cfg.blocks, cfg.norm, cfg.stencil, cfg.upsample, cfg.head_channels)
 
@@ -130,10 +131,11 @@ class ObjectiveTerms(torch.nn.Module):
                  rank: int = 0, world: int = 1):
         super().__init__()
         self.model, self.kind, self.amp = model, kind, amp
+        self.latent = get_observation_model(kind).latent
         self.rank, self.world = rank, world
 
     def forward(self, x: torch.Tensor):
-        if self.kind == "distribution":
+        if not self.latent:  # a model that is its own distribution: no encoder, no KL
             obs, kl = self.model.distribution(x.shape[0]), None
         else:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -196,9 +198,9 @@ class Trainer:
         self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp,
                                                                  self.rank, self.world)
         if self.distributed:
-            if cfg.model == "distribution":
-                raise ValueError("the distribution-only model has no network to parallelise; "
-                                 "train it in one process")
+            if not get_observation_model(cfg.model).latent:
+                raise ValueError(f"the {cfg.model} model has no network to parallelise; "
+                                 f"train it in one process")
             # frozen variance heads during mean-only pre-training are 'unused' parameters
             self.objective_terms = torch.nn.parallel.DistributedDataParallel(
                 self.objective_terms, device_ids=[self.device.index] if self.device.type == "cuda" else None,

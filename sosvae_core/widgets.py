@@ -42,7 +42,8 @@ from ipyevents import Event
 from matplotlib import colormaps
 from PIL import Image as PILImage
 
-from .likelihood import DiagonalNormal, LowRankNormal, slerp
+from .observations import LowRankNormal, ObservationDistribution
+from .slerp import slerp
 from .figures import COMPONENT_FLOOR, PAPER_EDIT_SCALE, colour_to_values, floor_scales  # shared with Fig. 6
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
 
 Colour = Union[str, Sequence[float]]
 Points = Sequence[Tuple[float, float]]
-Distribution = Union[LowRankNormal, DiagonalNormal]
+Distribution = ObservationDistribution
 
 # ITU-R BT.601 luma weights, the same as PIL's convert("L")
 
@@ -191,29 +192,20 @@ def _button(description: str, icon: str = "") -> widgets.Button:
 
 def _single(dist: Distribution) -> Distribution:
     """The first image of a batch, unbatched, detached, float32 on the CPU (cheap updates)."""
-    if isinstance(dist, LowRankNormal):
-        S, R = dist.cov_factor.shape[-2:]
-        loc = dist.loc.reshape(-1, S)[0]
-        P = dist.cov_factor.reshape(-1, S, R)[0]
-        diag = dist.cov_diag
-        if not dist.fixed_diag:
-            diag = diag.expand(dist.loc.shape).reshape(-1, S)[0].detach().float().cpu()
-        # row-major P: the edit panel gathers rows of it (P₂ in eqs. 6–7)
-        return LowRankNormal(loc.detach().float().cpu(), P.detach().float().cpu().contiguous(),
-                             diag, validate_args=False)
-    if isinstance(dist, DiagonalNormal):
-        S = dist.loc.shape[-1]
-        return DiagonalNormal(dist.loc.reshape(-1, S)[0].detach().float().cpu(),
-                              dist.variance.reshape(-1, S)[0].detach().float().cpu())
-    raise TypeError(f"the panels need a LowRankNormal (SOS-VAE) or DiagonalNormal (β-VAE) "
-                    f"observation model, got {type(dist).__name__}")
+    if not isinstance(dist, ObservationDistribution):
+        raise TypeError(f"the panels need an observation distribution (sosvae_core.observations), "
+                        f"got {type(dist).__name__}")
+    try:
+        return dist.first()
+    except NotImplementedError as e:
+        raise TypeError(str(e)) from None
 
 
 class _Source:
     """A model decoded at z, or one fixed distribution; knows the image shape."""
 
     def __init__(self, model_or_distribution, image_shape: Optional[Sequence[int]] = None):
-        if isinstance(model_or_distribution, (LowRankNormal, DiagonalNormal)):
+        if isinstance(model_or_distribution, ObservationDistribution):
             self.model = None
             self.fixed = _single(model_or_distribution)
             S = self.fixed.loc.shape[-1]
@@ -519,7 +511,7 @@ class LatentPanel(_Panel):
     paper's code does, and the variance and covariance maps show the three channels side
     by side (R | G | B).
 
-    Works with the β-VAE's DiagonalNormal too (its covariance slice is one pixel).
+    Works with the pixel-independent models too (β-VAE, Laplace): their covariance slice is one pixel.
 
     Args:
         model: a trained VAE (or DistributionOnly, which has no encoder and no latent).
@@ -612,13 +604,8 @@ class LatentPanel(_Panel):
     def _show_distribution(self) -> None:
         d = self.distribution
         # one fresh sample per z (eq. 4)
-        if isinstance(d, LowRankNormal):
-            self.omega_p = torch.randn(d.rank, generator=self.generator)
-            self.omega_d = torch.randn(d.loc.shape[-1], generator=self.generator)
-            sample = d.rsample(omega_p=self.omega_p, omega_d=self.omega_d)
-        else:
-            self.omega_d = torch.randn(d.loc.shape[-1], generator=self.generator)
-            sample = d.rsample(omega_d=self.omega_d)
+        self.omega_p, self.omega_d = d.draw_noise(self.generator)
+        sample = d.rsample(omega_p=self.omega_p, omega_d=self.omega_d)
         self.mean = d.mean.reshape(self.image_shape)
         self.current_image = self.mean.clamp(0, 1)
         self.current_sample = sample.clamp(0, 1).reshape(self.image_shape)
@@ -939,7 +926,7 @@ def measure_latency(model_or_distribution, repeats: int = 5, seed: int = 0,
     results["slerp_slider"] = _stats(
         [_time(lambda t=t: setattr(sl.tx, "value", float(t))) for t in np.linspace(0.1, 0.9, repeats)])
 
-    if not isinstance(model_or_distribution, (LowRankNormal, DiagonalNormal)):
+    if not isinstance(model_or_distribution, ObservationDistribution):
         lp = LatentPanel(model_or_distribution, dataset, seed=seed)
         z = lp.zoom
         clicks = [(int((c + 0.5) * z), int((r + 0.5) * z))

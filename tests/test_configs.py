@@ -74,7 +74,7 @@ def test_bad_names_and_overrides():
         get_config("x")
     with pytest.raises(ValueError, match="unknown profile"):
         get_config("lfw", "fast")
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown observation model"):
         get_config("lfw", "quick", "vq")
     with pytest.raises(ValueError, match=r"unknown config field\(s\) \['epoch'\]"):
         get_config("lfw", "quick", epoch=3)

@@ -392,7 +392,6 @@ def test_lfw_is_the_bundled_default(monkeypatch):
     assert ds.images.dtype == torch.uint8 and ds.image_shape == (1, 25, 25)
     assert ds.flip  # faces are flipped for training, like CelebA
     from skimage.data import lfw_subset
-    faces = torch.from_numpy(lfw_subset()[:100])
     picked = torch.cat([sp[s].images[:, 0].float() / 255 for s in ("train", "val", "test")])
     # every picked image is one of the faces, none is a non-face patch
     nearest = torch.cdist(picked.flatten(1), torch.from_numpy(lfw_subset()).float().flatten(1)).argmin(1)

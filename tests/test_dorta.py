@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Distribution, MultivariateNormal
 
-from sosvae_core.dorta import (
+from sosvae_core.observations.dorta import (
     MAX_DENSE_PIXELS,
     SparsePrecisionNormal,
     num_off_diagonal,
@@ -148,8 +148,8 @@ def test_samples_with_given_eps_match_dense_triangular_solve(case, method):
     dist, _, L, _ = case
     eps = torch.randn((2,) + tuple(dist.loc.shape), dtype=DT, generator=torch.Generator().manual_seed(2))
     ref = dist.loc + torch.linalg.solve_triangular(L.mT, eps.unsqueeze(-1), upper=True).squeeze(-1)
-    torch.testing.assert_close(dist.rsample(eps=eps, method=method), ref, rtol=0, atol=1e-10)
-    torch.testing.assert_close(dist.rsample((2,), eps=eps, method=method), ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(dist.rsample(omega_d=eps, method=method), ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(dist.rsample((2,), omega_d=eps, method=method), ref, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("shape,k", [((1, 5, 4), 3), ((2, 4, 5), 5)], ids=["1x5x4-k3", "2x4x5-k5"])
@@ -201,7 +201,7 @@ def test_bigger_image_solvers_agree(k):
     loc, log_diag, off = make(shape, k, B=2, scale=0.2)
     dist = SparsePrecisionNormal(loc, log_diag, off, shape, stencil=k)
     eps = torch.randn(3, 2, 176, dtype=DT, generator=torch.Generator().manual_seed(7))
-    torch.testing.assert_close(dist.rsample(eps=eps), dist.rsample(eps=eps, method="scipy"),
+    torch.testing.assert_close(dist.rsample(omega_d=eps), dist.rsample(omega_d=eps, method="scipy"),
                                rtol=0, atol=1e-10)
     sigma = torch.linalg.inv(ref_factor(log_diag, off, shape, k) @ ref_factor(log_diag, off, shape, k).mT)
     torch.testing.assert_close(dist.variance, sigma.diagonal(dim1=-2, dim2=-1), rtol=1e-10, atol=1e-12)
@@ -231,7 +231,7 @@ def test_border_weights_are_ignored():
     x = torch.randn(3, 30, dtype=DT)
     eps = torch.randn(3, 30, dtype=DT)
     torch.testing.assert_close(a.log_prob(x), b.log_prob(x), rtol=0, atol=1e-12)
-    torch.testing.assert_close(a.rsample(eps=eps), b.rsample(eps=eps), rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.rsample(omega_d=eps), b.rsample(omega_d=eps), rtol=0, atol=1e-12)
     torch.testing.assert_close(a.variance, b.variance, rtol=0, atol=1e-12)
     torch.testing.assert_close(a.to_dense_precision(), b.to_dense_precision(), rtol=0, atol=0)
 
@@ -242,7 +242,7 @@ def test_float32_agrees_with_float64():
     d32 = SparsePrecisionNormal(loc.float(), log_diag.float(), off.float(), (1, 8, 8), stencil=5)
     x, eps = torch.randn(2, 3, 64, dtype=DT), torch.randn(3, 64, dtype=DT)
     torch.testing.assert_close(d32.log_prob(x.float()).double(), d64.log_prob(x), rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(d32.rsample(eps=eps.float()).double(), d64.rsample(eps=eps), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d32.rsample(omega_d=eps.float()).double(), d64.rsample(omega_d=eps), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(d32.variance.double(), d64.variance, rtol=1e-4, atol=1e-5)
 
 
@@ -263,7 +263,7 @@ def test_gradcheck_log_prob():
 def test_gradcheck_rsample_and_variance():
     shape, k = (1, 5, 4), 3
     eps = torch.randn(2, 1, 20, dtype=DT, generator=torch.Generator().manual_seed(6)).requires_grad_()
-    f = lambda m, ld, off, e: SparsePrecisionNormal(m, ld, off, shape, stencil=k).rsample(eps=e)
+    f = lambda m, ld, off, e: SparsePrecisionNormal(m, ld, off, shape, stencil=k).rsample(omega_d=e)
     assert torch.autograd.gradcheck(f, _params(shape, k) + (eps,))
     assert torch.autograd.gradgradcheck(f, _params(shape, k) + (eps,))
     h = lambda m, ld, off: SparsePrecisionNormal(m, ld, off, shape, stencil=k).covariance_row(7)
@@ -316,8 +316,10 @@ def test_shape_errors_name_the_problem():
     dist = SparsePrecisionNormal(loc, log_diag, off, (2, 4, 5), stencil=5)
     with pytest.raises(ValueError, match="expected S = 40"):
         dist.log_prob(torch.zeros(3, 41, dtype=DT))
-    with pytest.raises(ValueError, match=r"eps must have shape \(\*sample_shape, B, S\)"):
-        dist.rsample(eps=torch.zeros(3, 39, dtype=DT))
+    with pytest.raises(ValueError, match=r"omega_d must have shape \(\*sample_shape, B, S\)"):
+        dist.rsample(omega_d=torch.zeros(3, 39, dtype=DT))
+    with pytest.raises(ValueError, match="omega_p has last dimension 2, expected 0"):
+        dist.rsample(omega_p=torch.zeros(3, 2, dtype=DT))
     with pytest.raises(ValueError, match="method must be one of"):
         dist.rsample(method="dense")
     with pytest.raises(ValueError, match="outside 0..39"):

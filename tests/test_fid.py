@@ -403,7 +403,7 @@ def test_generate_images_from_given_codes():
 
 
 def test_posterior_codes_needs_an_encoder():
-    from sosvae_core.networks import DistributionOnly
+    from sosvae_core.observations import DistributionOnly
 
     with pytest.raises(ValueError, match="distribution model has no encoder"):
         fid.posterior_codes(DistributionOnly((1, 8, 8), rank=2), 4)

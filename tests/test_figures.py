@@ -1,11 +1,10 @@
-import math
-
 import pytest
 import torch
 
 from sosvae_core import figures
-from sosvae_core.likelihood import LowRankNormal, slerp
-from sosvae_core.networks import VAE, DistributionOnly
+from sosvae_core.networks import VAE
+from sosvae_core.observations import DistributionOnly
+from sosvae_core.slerp import slerp
 
 SHAPE = (1, 10, 8)
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sosvae_core.likelihood import DiagonalNormal, LowRankNormal
-from sosvae_core.networks import UPSAMPLING, VAE, DistributionOnly, ResidualBlock, halve
+from sosvae_core.networks import UPSAMPLING, VAE, ResidualBlock, halve
+from sosvae_core.observations import DiagonalNormal, DistributionOnly, LowRankNormal
 
 SMALL = dict(channels=(8, 16, 32), blocks=1, latent_dim=6, rank=3)
 

@@ -6,12 +6,11 @@ the real CelebA and OASIS images; otherwise on the bundled synthetic portraits.
 import json
 import os
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from sosvae_core.runner import NOTEBOOKS, NotebookFailed, list_notebooks, run_all, run_notebook
+from sosvae_core.runner import NotebookFailed, list_notebooks, run_all, run_notebook
 
 ALL = list_notebooks()
 

@@ -60,7 +60,7 @@ class Block:
         if name.split('.')[0] in {blocked!r}:
             raise ImportError('extra imported: ' + name)
 sys.meta_path.insert(0, Block())
-import sosvae_core.likelihood, sosvae_core.objective, sosvae_core.networks, sosvae_core.dorta
+import sosvae_core.observations, sosvae_core.slerp, sosvae_core.objective, sosvae_core.networks
 import sosvae_core.train, sosvae_core.data, sosvae_core.configs, sosvae_core.paths
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

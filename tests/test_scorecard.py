@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sosvae_core import figures, scorecard as sc
-from sosvae_core.likelihood import LowRankNormal
+from sosvae_core.observations import LowRankNormal
 
 C, H, W = 1, 12, 10
 

@@ -7,6 +7,7 @@ import torch
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.data import load_splits, synthetic_lowrank_dataset
+from sosvae_core.observations import REGISTRY
 from sosvae_core.train import Trainer, TrainingDiverged, epoch_line, get_or_train, load_run, run_name
 
 
@@ -26,14 +27,17 @@ def smoke(model, **kw):
     return get_config("lfw", "smoke", model=model, lr=1e-3, **kw)
 
 
-@pytest.mark.parametrize("model", ["sos", "beta", "distribution", "sos_learned_diag", "dorta"])
+@pytest.mark.parametrize("model", list(REGISTRY))
 def test_smoke_training_reduces_the_loss(model, lfw, tmp_path):
     cfg = smoke(model)
     Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False).fit()
     rows = epochs_log(tmp_path)
     assert len(rows) == cfg.epochs
     first, last = float(rows[0]["nll"]), float(rows[-1]["nll"])
-    assert last < 0.7 * first, (first, last)
+    # last/first: 0.39–0.69 for the Gaussian models (8 smoke epochs); the Laplace model's L1 loss
+    # falls with the mean's absolute error (0.82), while its mean's validation error falls as the β-VAE's
+    assert last < 0.85 * first, (first, last)
+    assert float(rows[-1]["val_nll"]) < float(rows[0]["val_nll"])
     for key in ("nll", "kl", "entropy", "lambda_kl", "lambda_entropy", "mean_variance", "grad_norm", "val_nll"):
         assert key in rows[0]
     assert json.loads((tmp_path / "done.json").read_text())["epochs"] == cfg.epochs
@@ -65,7 +69,7 @@ def test_learning_rate_after_pretraining_and_the_means_validation_error(lfw, tmp
     m = read_metrics(tmp_path / "run", "epochs")
     assert len(m["val_mean_mse"]) == 3 and (m["val_mean_mse"] > 0).all()
     # the mean's validation error is the decoded mean's squared error, per pixel, averaged over images
-    model = again.model.eval()
+    again.model.eval()
     x = lfw["val"].to_float() if hasattr(lfw["val"], "to_float") else lfw["val"].images.float() / 255
     torch.manual_seed(cfg.seed + 2)
     with torch.no_grad():

@@ -12,7 +12,8 @@ import torch
 from PIL import Image as PILImage
 from torch import nn
 
-from sosvae_core.likelihood import DiagonalNormal, LowRankNormal, slerp
+from sosvae_core.observations import DiagonalNormal, LowRankNormal
+from sosvae_core.slerp import slerp
 from sosvae_core.networks import VAE
 from sosvae_core.figures import PAPER_EDIT_SCALE
 from sosvae_core.widgets import (ComponentPanel, EditPanel, LatentPanel, SlerpPanel,
@@ -44,10 +45,7 @@ def tiny_vae(shape, kind="sos", seed=0) -> VAE:
 
 def decoded(model, z):
     with torch.no_grad():
-        d = model.decode(z.reshape(1, -1))
-    if isinstance(d, LowRankNormal):
-        return LowRankNormal(d.loc[0], d.cov_factor[0], d.cov_diag)
-    return DiagonalNormal(d.loc[0], d.variance[0])
+        return model.decode(z.reshape(1, -1)).first()
 
 
 def close(a, b, atol=ATOL):
@@ -188,14 +186,24 @@ def test_latent_panel_encodes_and_samples():
     close(panel.z, z)
 
 
-def test_latent_panel_with_the_beta_vae():
+@pytest.mark.parametrize("kind", ["beta", "laplace"])
+def test_latent_panel_with_a_pixel_independent_model(kind):
     shape = (1, 6, 5)
-    model = tiny_vae(shape, kind="beta")
+    model = tiny_vae(shape, kind=kind)
     panel = LatentPanel(model, seed=0)
     assert panel.encode_button is None
     panel.select_pixel(2, 3)
     cov = panel.current_covariance.reshape(-1)
     assert torch.count_nonzero(cov) == 1 and cov[2 * 5 + 3] > 0
+    d = decoded(model, panel.z)
+    assert type(d) is type(model.decode(panel.z.reshape(1, -1)))
+    close(panel.current_sample, d.rsample(omega_p=panel.omega_p, omega_d=panel.omega_d).clamp(0, 1).reshape(shape))
+
+
+def test_panels_refuse_a_model_without_an_unbatched_form():
+    model = tiny_vae((1, 6, 5), kind="dorta")
+    with pytest.raises(TypeError, match="SparsePrecisionNormal has no unbatched form"):
+        LatentPanel(model, seed=0)
 
 
 # -- 4. editing ---------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""The observation models checked against dense float64 references."""
+"""The low-rank observation model N(μ, PPᵀ + D) checked against dense float64 references."""
 import math
 
 import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from sosvae_core.likelihood import CapacitanceError, DiagonalNormal, LowRankNormal, slerp
+from sosvae_core.observations import CapacitanceError, LowRankNormal
 
 IMAGE = (3, 6, 5)
 S = 3 * 6 * 5
@@ -89,15 +89,6 @@ def test_conditional_mean_of_nothing_is_the_mean():
     torch.testing.assert_close(d.conditional_mean(mask, torch.zeros(2, 0, dtype=torch.float64)), loc)
 
 
-def test_diagonal_normal_edit_changes_only_edited_pixels():
-    loc = torch.zeros(1, S, dtype=torch.float64)
-    d = DiagonalNormal(loc, torch.ones(1, S, dtype=torch.float64))
-    mask = torch.zeros(S, dtype=torch.bool)
-    mask[:4] = True
-    out = d.conditional_mean(mask, torch.ones(1, 4, dtype=torch.float64))
-    assert out[0, :4].eq(1).all() and out[0, 4:].eq(0).all()
-
-
 @pytest.mark.parametrize("rank,learned", CASES)
 def test_principal_components_reconstruct_PPt(rank, learned):
     d, loc, P, diag = make(rank, learned_diag=learned)
@@ -156,20 +147,6 @@ def test_empirical_covariance_of_samples_matches_sigma():
     assert (x.mean(0) - loc[0]).abs().max() < 5 * math.sqrt(sigma.diagonal().max() / n)
 
 
-def test_diagonal_normal_matches_dense():
-    g = torch.Generator().manual_seed(4)
-    loc = torch.randn(2, S, generator=g, dtype=torch.float64)
-    var = torch.rand(2, S, generator=g, dtype=torch.float64) + 0.1
-    d = DiagonalNormal(loc, var)
-    ref = MultivariateNormal(loc, covariance_matrix=torch.diag_embed(var))
-    x = ref.sample((3,))
-    torch.testing.assert_close(d.log_prob(x), ref.log_prob(x))
-    torch.testing.assert_close(d.entropy(), ref.entropy())
-    torch.testing.assert_close(d.covariance_row(5), ref.covariance_matrix[:, 5])
-    wd = torch.randn(3, 2, S, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(d.rsample((3,), omega_d=wd), loc + var.sqrt() * wd)
-
-
 def test_gradcheck_log_prob_and_entropy():
     g = torch.Generator().manual_seed(5)
     s, r = 6, 2
@@ -183,7 +160,6 @@ def test_gradcheck_log_prob_and_entropy():
         return d.log_prob(x) + d.entropy()
 
     assert torch.autograd.gradcheck(f, (loc, P, D))
-    assert torch.autograd.gradcheck(lambda loc, v: DiagonalNormal(loc, v).log_prob(x), (loc, D))
 
 
 def test_fused_fixed_diagonal_gradients_match_autograd_path():
@@ -282,8 +258,6 @@ def test_shape_mismatches():
         d.rsample(omega_p=torch.zeros(1, 3))
     with pytest.raises(ValueError, match="pixel_index 4 is outside"):
         d.covariance_row(4)
-    with pytest.raises(ValueError, match="variance of shape .* does not broadcast"):
-        DiagonalNormal(torch.zeros(1, 4), torch.ones(1, 3))
 
 
 def test_failed_cholesky_says_what_happened():
@@ -292,35 +266,3 @@ def test_failed_cholesky_says_what_happened():
     d = LowRankNormal(torch.zeros(1, 4, dtype=torch.float64), P, 1e-5, validate_args=False)
     with pytest.raises(CapacitanceError, match="capacitance I \\+ Pᵀ D⁻¹ P failed .*not positive definite"):
         d.log_prob(torch.zeros(1, 4, dtype=torch.float64))
-
-
-# -- slerp --------------------------------------------------------------------------
-
-def test_slerp_matches_eq8_and_endpoints():
-    g = torch.Generator().manual_seed(6)
-    a, b = torch.randn(2, 25, generator=g, dtype=torch.float64)
-    theta = torch.arccos(a @ b / (a.norm() * b.norm()))
-    for t in (0.0, 0.25, 0.5, 1.0):
-        want = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
-        torch.testing.assert_close(slerp(a, b, t), want)
-    torch.testing.assert_close(slerp(a, b, 0.0), a)
-    torch.testing.assert_close(slerp(a, b, 1.0), b)
-    # a vector of t gives a path
-    path = slerp(a, b, torch.linspace(0, 1, 5, dtype=torch.float64))
-    assert path.shape == (5, 25)
-    torch.testing.assert_close(path[2], slerp(a, b, 0.5))
-
-
-def test_slerp_degenerate_cases():
-    a = torch.tensor([3.0, 4.0], dtype=torch.float64)
-    # a ≈ b: the formula's limit, linear interpolation, and no NaN
-    torch.testing.assert_close(slerp(a, a * (1 + 1e-12), 0.3), a * (1 + 0.3e-12))
-    torch.testing.assert_close(slerp(a, 2 * a, 0.5), 1.5 * a)
-    # a ≈ −b: a half-turn through a vector orthogonal to a, norm preserved
-    mid = slerp(a, -a, 0.5)
-    assert torch.isfinite(mid).all()
-    assert abs(float(mid @ a)) < 1e-9 and abs(float(mid.norm()) - 5.0) < 1e-9
-    torch.testing.assert_close(slerp(a, -a, 1.0), -a)
-    torch.testing.assert_close(slerp(a, -a, 0.0), a)
-    quarter = slerp(a, -a, 0.25)
-    assert abs(float(quarter.norm()) - 5.0) < 1e-9

@@ -22,8 +22,8 @@ an S×S matrix (except the dense helpers for tests):
     method                 how                                       cost (per image)
     log_prob               Lᵀ(x − μ) by one transposed conv           O(S·k²)
     entropy                closed form from log|Λ| = 2 Σ log_diag     O(S)
-    rsample "wavefront"    L⁻ᵀε, anti-diagonal wavefronts, torch      O(S·k²), (r+1)(H−1)+W steps
-    rsample "scipy"        L⁻ᵀε, spsolve_triangular on a CSR          O(S·k²), float64, no grad
+    rsample "wavefront"    L⁻ᵀω, anti-diagonal wavefronts, torch      O(S·k²), (r+1)(H−1)+W steps
+    rsample "scipy"        L⁻ᵀω, spsolve_triangular on a CSR          O(S·k²), float64, no grad
     covariance_row         L⁻ᵀ(L⁻¹e_i), two wavefront solves          O(S·k²)
     variance (exact)       block selected inversion over image rows   O(S·r²·W²), H steps
     conditional_mean       banded Cholesky of Λ_aa (LAPACK pbsv)      O(S·r²·W²), float64, no grad
@@ -57,19 +57,15 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
-from torch.distributions import Distribution, constraints
-
-# the same one-line checks as the low-rank model
-from .likelihood import _check_finite, _flat_mask
+from .base import LOG_2PI, ObservationDistribution, ObservationModel, check_finite, flat_mask
 
 __all__ = [
     "SparsePrecisionNormal",
     "stencil_offsets",
     "num_off_diagonal",
     "MAX_DENSE_PIXELS",
+    "SparsePrecisionHead",
 ]
-
-LOG_2PI = math.log(2 * math.pi)
 MAX_DENSE_PIXELS = 4096  # dense S×S helpers refuse bigger images (4096² float64 = 128 MiB)
 SAMPLERS = ("wavefront", "scipy")
 
@@ -109,7 +105,7 @@ def num_off_diagonal(k: int) -> int:
     return (_check_stencil(k) ** 2 - 1) // 2
 
 
-class SparsePrecisionNormal(Distribution):
+class SparsePrecisionNormal(ObservationDistribution):
     """x ~ N(μ, (L Lᵀ)⁻¹) with the sparse stencil factor L of Dorta et al. (2018).
 
     Args:
@@ -128,9 +124,7 @@ class SparsePrecisionNormal(Distribution):
     # exact per-pixel variance needs a selected inversion (~6 ms per 64×64 image): the
     # trainer does not log it every step
     variance_is_expensive = True
-    arg_constraints = {}  # checked by hand below, to give one-line messages
-    support = constraints.real_vector
-    has_rsample = True
+    # arguments are checked by hand below, to give one-line messages
 
     def __init__(
         self,
@@ -183,9 +177,9 @@ class SparsePrecisionNormal(Distribution):
         self._r = r
         super().__init__(torch.Size([B]), torch.Size([S]), validate_args=validate_args)
         if self._validate_args:
-            _check_finite("loc", loc)
-            _check_finite("log_diag", log_diag)
-            _check_finite("off_diag", off_diag)
+            check_finite("loc", loc)
+            check_finite("log_diag", log_diag)
+            check_finite("off_diag", off_diag)
         self._build_geometry()
 
     def _build_geometry(self) -> None:
@@ -342,31 +336,36 @@ class SparsePrecisionNormal(Distribution):
         return 0.5 * self.num_pixels * (1 + LOG_2PI) - 0.5 * self.log_det_precision()
 
     def rsample(self, sample_shape: torch.Size = torch.Size(),
-                eps: Optional[torch.Tensor] = None, method: str = "wavefront") -> torch.Tensor:
-        """Exact samples x = μ + L⁻ᵀ ε, ε ~ N(0, I), so Cov(x) = L⁻ᵀL⁻¹ = Λ⁻¹.
+                omega_p: Optional[torch.Tensor] = None, omega_d: Optional[torch.Tensor] = None,
+                method: str = "wavefront") -> torch.Tensor:
+        """Exact samples x = μ + L⁻ᵀ ω_d, ω_d ~ N(0, I), so Cov(x) = L⁻ᵀL⁻¹ = Λ⁻¹.
 
-        eps: optional (*sample_shape, B, S) noise (sample_shape is then read from it).
+        omega_p: the model has no structured noise; if given it must be empty (..., 0).
+        omega_d: optional (*sample_shape, B, S) noise (sample_shape is then read from it).
         method: "wavefront" (default): back substitution in torch, vectorised over
             anti-diagonals, (r+1)(H−1)+W steps, O(S·k²) flops per sample,
             differentiable w.r.t. loc, log_diag and off_diag.
             "scipy": spsolve_triangular on the block-diagonal CSR of Lᵀ, O(S·k²)
-            flops in float64 on the CPU; L⁻ᵀε is detached (gradients reach loc only).
+            flops in float64 on the CPU; L⁻ᵀω_d is detached (gradients reach loc only).
         """
         if method not in SAMPLERS:
             raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
-        if eps is None:
-            eps = torch.randn(self._extended_shape(torch.Size(sample_shape)),
-                              dtype=self.loc.dtype, device=self.loc.device)
+        if omega_p is not None and omega_p.shape[-1] != 0:
+            raise ValueError(f"omega_p has last dimension {omega_p.shape[-1]}, expected 0: "
+                             f"{type(self).__name__} has no structured noise; pass omega_d alone")
+        if omega_d is None:
+            omega_d = torch.randn(self._extended_shape(torch.Size(sample_shape)),
+                                  dtype=self.loc.dtype, device=self.loc.device)
         else:
             expected = tuple(sample_shape) + tuple(self.batch_shape) + tuple(self.event_shape)
-            if eps.shape[-2:] != self.batch_shape + self.event_shape or (
-                    len(sample_shape) and tuple(eps.shape) != expected):
-                raise ValueError(f"eps must have shape (*sample_shape, B, S) = {expected}, got "
-                                 f"{tuple(eps.shape)}")
-            eps = eps.to(self.loc)
+            if omega_d.shape[-2:] != self.batch_shape + self.event_shape or (
+                    len(sample_shape) and tuple(omega_d.shape) != expected):
+                raise ValueError(f"omega_d must have shape (*sample_shape, B, S) = {expected}, got "
+                                 f"{tuple(omega_d.shape)}")
+            omega_d = omega_d.to(self.loc)
         if method == "scipy":
-            return self.loc + self._solve_Lt_scipy(eps)
-        return self.loc + self._wavefront_solve(eps, transpose=True)
+            return self.loc + self._solve_Lt_scipy(omega_d)
+        return self.loc + self._wavefront_solve(omega_d, transpose=True)
 
     @property
     def variance(self) -> torch.Tensor:
@@ -430,7 +429,7 @@ class SparsePrecisionNormal(Distribution):
         the flattened order of the masked pixels. Edited pixels equal `values`.
         """
         B, S = self.batch_shape[0], self.num_pixels
-        mask = _flat_mask(mask, S)
+        mask = flat_mask(mask, S)
         k = int(mask.sum())
         if values.shape[-1] != k or values.dim() > 2 or (values.dim() == 2 and values.shape[0] != B):
             raise ValueError(f"values must have shape (B, k) = ({B}, {k}) or (k,), got "
@@ -474,7 +473,7 @@ class SparsePrecisionNormal(Distribution):
         """Dense lower-triangular L, shape (B, S, S), assembled from the row strips."""
         self._check_dense()
         C, H, W = self.image_shape
-        B, S, r = self.batch_shape[0], self.num_pixels, self._r
+        r = self._r
         blocks = []
         for c in range(C):
             rows = []
@@ -659,3 +658,8 @@ class SparsePrecisionHead(torch.nn.Module):
     def forward(self, h: torch.Tensor, validate: bool = False) -> "SparsePrecisionNormal":
         return SparsePrecisionNormal(self.mean(h).flatten(1), self.log_diag(h).flatten(1), self.off_diag(h),
                                      self.image_shape, self.stencil, validate_args=validate)
+
+
+DORTA = ObservationModel(
+    name="dorta", label="Dorta et al.",
+    head=lambda c_in, image_shape, eps, stencil, **_: SparsePrecisionHead(c_in, image_shape, stencil=stencil, eps=eps))

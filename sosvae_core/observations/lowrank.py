@@ -12,51 +12,32 @@ Equivalently (eq. 4) a sample is
 
 and everything below is O(S·R²): the S × S matrix Σ is never formed.
 
-The pixel-independent Gaussian of the β-VAE baseline, N(μ, diag(σ²)), is
-`DiagonalNormal`; it shares the interface where that makes sense.
+`LowRankHead` predicts μ and P from the decoder's features (SOS-VAE, and with a learned
+D the unstabilised ablation of Appendix A); `DistributionOnly` is Section 4.5's single
+N(μ, PPᵀ + εI) with no network.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
-from torch.distributions import Distribution, constraints
+import torch.nn.functional as F
+from torch import nn
+
+from .base import (LOG_2PI, ObservationDistribution, ObservationModel, check_finite, flat_mask,
+                   inverse_softplus, tiny_conv)
 
 __all__ = [
     "CapacitanceError",
     "LowRankNormal",
-    "DiagonalNormal",
-    "slerp",
+    "LowRankHead",
+    "DistributionOnly",
 ]
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 class CapacitanceError(RuntimeError):
     """The R×R capacitance matrix I + Pᵀ D⁻¹ P could not be Cholesky-factorised."""
-
-
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        raise ValueError(
-            f"{name} contains NaN or Inf values; check the network output (the trainer's "
-            f"NaN detector names the step) or lower the learning rate"
-        )
-
-
-def _flat_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """A boolean mask over the S pixels, given flat (S,) or image-shaped (C, H, W)."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor of shape (S,) or (C, H, W), got "
-                         f"{getattr(mask, 'dtype', type(mask).__name__)}; pass e.g. `mask > 0`")
-    mask = mask.reshape(-1)
-    if mask.numel() != size:
-        raise ValueError(
-            f"mask has {mask.numel()} entries but the image has S = {size} pixels; "
-            f"pass a (S,) or (C, H, W) mask shared by the batch"
-        )
-    return mask
 
 
 def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
@@ -114,7 +95,7 @@ class _FixedDiagTerms(torch.autograd.Function):
         return g_r, g_P, None
 
 
-class LowRankNormal(Distribution):
+class LowRankNormal(ObservationDistribution):
     """N(μ, P Pᵀ + D) over flattened images (paper Section 3).
 
     Args:
@@ -127,10 +108,6 @@ class LowRankNormal(Distribution):
     The R×R linear algebra runs in float64: it is tiny, and it keeps the
     capacitance I + PᵀP/ε well-conditioned-enough for ε = 1e-5 in float32 nets.
     """
-
-    arg_constraints = {}
-    support = constraints.real_vector
-    has_rsample = True
 
     def __init__(
         self,
@@ -176,10 +153,10 @@ class LowRankNormal(Distribution):
         self.cov_diag = cov_diag
         super().__init__(batch_shape, torch.Size([S]), validate_args=validate_args)
         if self._validate_args:
-            _check_finite("loc", loc)
-            _check_finite("cov_factor", cov_factor)
+            check_finite("loc", loc)
+            check_finite("cov_factor", cov_factor)
             if isinstance(cov_diag, torch.Tensor):
-                _check_finite("cov_diag", cov_diag)
+                check_finite("cov_diag", cov_diag)
                 if not (cov_diag > 0).all():
                     raise ValueError("cov_diag must be strictly positive everywhere; "
                                      "parameterise it as exp(·) or softplus(·) + ε")
@@ -324,18 +301,24 @@ class LowRankNormal(Distribution):
 
         omega_p: (*sample_shape, *batch, R); omega_d: (*sample_shape, *batch, S).
         """
-        shape = self._extended_shape(sample_shape)
-        if omega_p is None:
-            omega_p = torch.randn(shape[:-1] + (self.rank,), dtype=self.loc.dtype,
-                                  device=self.loc.device)
-        if omega_p.shape[-1] != self.rank:
-            raise ValueError(f"omega_p has last dimension {omega_p.shape[-1]}, expected the rank R = {self.rank}")
-        if omega_d is None:
-            omega_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        if omega_d.shape[-1] != self.event_shape[0]:
-            raise ValueError(f"omega_d has last dimension {omega_d.shape[-1]}, expected S = {self.event_shape[0]}")
+        omega_p, omega_d = self._noise(sample_shape, omega_p, omega_d)
         structured = (self.cov_factor @ omega_p.unsqueeze(-1)).squeeze(-1)
         return self.loc + structured + self._diag_tensor().sqrt() * omega_d
+
+    @property
+    def noise_rank(self) -> int:
+        return self.rank
+
+    def first(self) -> "LowRankNormal":
+        S, R = self.cov_factor.shape[-2:]
+        loc = self.loc.reshape(-1, S)[0]
+        P = self.cov_factor.reshape(-1, S, R)[0]
+        diag = self.cov_diag
+        if not self.fixed_diag:
+            diag = diag.expand(self.loc.shape).reshape(-1, S)[0].detach().float().cpu()
+        # row-major P: the edit panel gathers rows of it (P₂ in eqs. 6–7)
+        return LowRankNormal(loc.detach().float().cpu(), P.detach().float().cpu().contiguous(),
+                             diag, validate_args=False)
 
     # -- components (eq. 5) and editing (eqs. 6–7) --------------------------------------
 
@@ -378,7 +361,7 @@ class LowRankNormal(Distribution):
         flattened order of the masked pixels. Edited pixels take exactly `values`.
         """
         S = self.event_shape[0]
-        mask = _flat_mask(mask, S)
+        mask = flat_mask(mask, S)
         k = int(mask.sum())
         if values.shape[-1] != k:
             raise ValueError(f"values has {values.shape[-1]} entries but the mask selects k = {k} pixels")
@@ -405,125 +388,69 @@ class LowRankNormal(Distribution):
                 f"R={self.rank}, {diag})")
 
 
-class DiagonalNormal(Distribution):
-    """The β-VAE baseline: pixel-independent N(μ, diag(σ²)).
+class LowRankHead(nn.Module):
+    """Features → N(μ, PPᵀ + D): D = εI (paper) or a learned softplus(·) + ε."""
 
-    Samples are μ plus uncorrelated pixel noise (the paper's point of contrast).
-    """
+    variance_prefixes = ("factor", "diag")
+    diagonal_prefixes = ("diag",)  # on a log scale: softplus(·) + ε
 
-    arg_constraints = {}
-    support = constraints.real_vector
-    has_rsample = True
+    def __init__(self, c_in: int, image_channels: int, rank: int = 25, eps: float = 1e-5,
+                 learn_diag: bool = False):
+        super().__init__()
+        self.rank, self.eps, self.c = rank, eps, image_channels
+        self.mean = tiny_conv(c_in, image_channels, 0.5)
+        self.factor = tiny_conv(c_in, rank * image_channels, 0.0)
+        self.diag = tiny_conv(c_in, image_channels, inverse_softplus(eps)) if learn_diag else None
 
-    def __init__(self, loc: torch.Tensor, variance: torch.Tensor,
-                 validate_args: Optional[bool] = None):
-        if loc.dim() < 1:
-            raise ValueError("loc must have at least one dimension (..., S); flatten the image first")
-        try:
-            batch_shape = torch.broadcast_shapes(loc.shape, variance.shape)
-        except RuntimeError:
-            raise ValueError(f"variance of shape {tuple(variance.shape)} does not broadcast to "
-                             f"loc {tuple(loc.shape)}; pass a (..., S) tensor") from None
-        self.loc = loc.expand(batch_shape)
-        self._variance = variance.expand(batch_shape)
-        super().__init__(batch_shape[:-1], batch_shape[-1:], validate_args=validate_args)
-        if self._validate_args:
-            _check_finite("loc", loc)
-            _check_finite("variance", variance)
-            if not (variance > 0).all():
-                raise ValueError("variance must be strictly positive; parameterise it as exp(·)")
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.loc
-
-    @property
-    def mode(self) -> torch.Tensor:
-        return self.loc
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self._variance
-
-    @property
-    def covariance_matrix(self) -> torch.Tensor:
-        return torch.diag_embed(self._variance)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if value.shape[-1] != self.event_shape[0]:
-            raise ValueError(f"value has {value.shape[-1]} pixels, expected S = "
-                             f"{self.event_shape[0]}; flatten images to (..., S)")
-        r = value - self.loc
-        return -0.5 * (LOG_2PI + self._variance.log() + r * r / self._variance).sum(-1)
-
-    def entropy(self) -> torch.Tensor:
-        return 0.5 * (1 + LOG_2PI + self._variance.log()).sum(-1)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size(),
-                omega_d: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """y = μ + σ ω_d: uncorrelated pixel noise."""
-        if omega_d is None:
-            omega_d = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype,
-                                  device=self.loc.device)
-        return self.loc + self._variance.sqrt() * omega_d
-
-    def covariance_row(self, pixel_index: int) -> torch.Tensor:
-        """Cov(y_i, y): zero everywhere but at pixel i itself."""
-        S = self.event_shape[0]
-        if not -S <= pixel_index < S:
-            raise ValueError(f"pixel_index {pixel_index} is outside 0..{S - 1}")
-        row = torch.zeros_like(self._variance)
-        row[..., pixel_index % S] = self._variance[..., pixel_index % S]
-        return row
-
-    def conditional_mean(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Independent pixels: an edit changes nothing but the edited pixels."""
-        mask = _flat_mask(mask, self.event_shape[0])
-        k = int(mask.sum())
-        if values.shape[-1] != k:
-            raise ValueError(f"values has {values.shape[-1]} entries but the mask selects k = {k} pixels")
-        out = self.loc.clone()
-        out[..., mask] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
-        return out
+    def forward(self, h: torch.Tensor, validate: bool = False) -> LowRankNormal:
+        B = h.shape[0]
+        loc = self.mean(h).flatten(1)
+        # rank-major channels: component r is channels r·C … r·C + C − 1; flatten C, H, W
+        P = self.factor(h).reshape(B, self.rank, -1).transpose(1, 2)
+        diag = self.eps if self.diag is None else F.softplus(self.diag(h)).flatten(1) + self.eps
+        return LowRankNormal(loc, P, diag, validate_args=validate)
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: Union[float, torch.Tensor],
-          eps: float = 1e-6) -> torch.Tensor:
-    """Spherical linear interpolation (eq. 8, Appendix D) along the last dimension.
+class DistributionOnly(nn.Module):
+    """Section 4.5: a single N(μ, PPᵀ + εI) over images, no network and no latent."""
 
-        slerp(a, b; t) = sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b,  cos θ = âᵀb̂.
+    def __init__(self, image_shape: Sequence[int], rank: int = 25, eps: float = 1e-5,
+                 init_std: float = 1e-3, seed: int = 0):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.kind, self.rank, self.eps, self.latent_dim = "distribution", rank, eps, 0
+        S = math.prod(image_shape)
+        g = torch.Generator().manual_seed(seed)
+        self.loc = nn.Parameter(torch.full((S,), 0.5))
+        # a small random P breaks the symmetry between components (P = 0 is a saddle)
+        self.cov_factor = nn.Parameter(init_std * torch.randn(S, rank, generator=g))
 
-    Degenerate cases: a ≈ b (θ → 0) reduces to linear interpolation, the limit of
-    the formula; a ≈ −b has no unique great circle, so we pass through a fixed
-    direction m orthogonal to a (norm half-way between |a| and |b|), i.e. two
-    quarter-turn slerps a → m → b.  t may be a float or a tensor of shape (..., 1)
-    or (...) broadcasting against the leading dimensions of a and b.
-    """
-    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
-    if t.dim() > 0:
-        t = t.unsqueeze(-1)
-    a, b = torch.broadcast_tensors(a, b)
-    out, antipodal = _slerp_formula(a, b, t, eps)
-    if antipodal.any():
-        na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
-        # Gram–Schmidt on the axis least aligned with a gives a deterministic orthogonal m
-        axis = torch.zeros_like(a).scatter_(-1, a.abs().argmin(-1, keepdim=True), 1.0)
-        ortho = axis - (axis * a).sum(-1, keepdim=True) * a / (na * na).clamp_min(1e-30)
-        mid = ortho / ortho.norm(dim=-1, keepdim=True) * (na + nb) / 2
-        first, _ = _slerp_formula(a, mid, 2 * t, eps)
-        second, _ = _slerp_formula(mid, b, 2 * t - 1, eps)
-        out = torch.where(antipodal, torch.where(t < 0.5, first, second), out)
-    return out
+    def distribution(self, batch: int = 1) -> LowRankNormal:
+        S = self.loc.shape[0]
+        return LowRankNormal(self.loc.expand(batch, S), self.cov_factor.expand(batch, S, self.rank),
+                             self.eps, validate_args=False)
+
+    def decode(self, z: torch.Tensor, validate: bool = False) -> LowRankNormal:
+        return self.distribution(z.shape[0])
+
+    def variance_parameters(self):
+        return [self.cov_factor]
+
+    def diagonal_parameters(self):
+        return []
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> LowRankNormal:
+        return self.distribution(n)
 
 
-def _slerp_formula(a, b, t, eps):
-    """Eq. 8 with the θ → 0 limit; also says where a ≈ −b (left to the caller)."""
-    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
-    cos = ((a * b).sum(-1, keepdim=True) / (na * nb).clamp_min(1e-30)).clamp(-1, 1)
-    theta = torch.arccos(cos)
-    sin = torch.sin(theta)
-    degenerate = sin <= eps
-    safe_sin = torch.where(degenerate, torch.ones_like(sin), sin)
-    out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / safe_sin
-    out = torch.where(degenerate & (cos > 0), (1 - t) * a + t * b, out)
-    return out, degenerate & (cos <= 0)
+SOS = ObservationModel(
+    name="sos", label="SOS-VAE", entropy_bound=True,
+    head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps))
+# Appendix A's ablation: a learned diagonal, no entropy bound, variance heads released at full rate
+SOS_LEARNED_DIAG = ObservationModel(
+    name="sos_learned_diag", label="SOS-VAE, learned D (App. A)", warm_release=False,
+    head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps, learn_diag=True))
+DISTRIBUTION = ObservationModel(
+    name="distribution", label="distribution-only", entropy_bound=True, step_cost=0.1,
+    standalone=lambda image_shape, rank, eps, seed, **_: DistributionOnly(image_shape, rank, eps, seed=seed))

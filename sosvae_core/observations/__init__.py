@@ -1,0 +1,44 @@
+"""Observation models p(y | z): one module per model, each a distribution and its decoder head.
+
+    lowrank   N(μ, PPᵀ + εI), SOS-VAE (Section 3); its Appendix A ablation; Section 4.5's
+              distribution-only model
+    diagonal  N(μ, diag(σ²)), the β-VAE baseline (Section 4.1)
+    dorta     N(μ, (LLᵀ)⁻¹) with a sparse Cholesky factor, Dorta et al. 2018 (Section 4.3)
+    laplace   independent Laplace pixels, an L1 baseline (not in the paper)
+
+`REGISTRY` maps each config `model` name to its `ObservationModel`: the head, the label
+and which bounds apply. To add a model, write one module with its distribution (a
+subclass of `base.ObservationDistribution`), its head and its `ObservationModel`, and
+add that to the tuple below.
+"""
+from __future__ import annotations
+
+from .base import ObservationDistribution, ObservationModel
+from .diagonal import BETA, DiagonalHead, DiagonalNormal, PixelIndependent
+from .dorta import DORTA, SparsePrecisionHead, SparsePrecisionNormal
+from .laplace import LAPLACE, DiagonalLaplace, LaplaceHead
+from .lowrank import (DISTRIBUTION, SOS, SOS_LEARNED_DIAG, CapacitanceError, DistributionOnly, LowRankHead,
+                      LowRankNormal)
+
+REGISTRY = {m.name: m for m in (SOS, BETA, DORTA, DISTRIBUTION, SOS_LEARNED_DIAG, LAPLACE)}
+
+
+def get_observation_model(name: str) -> ObservationModel:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown observation model '{name}'; choose one of {', '.join(REGISTRY)}") from None
+
+
+def label(name: str) -> str:
+    """The model's name in tables and figures (the config name if it is not registered)."""
+    return REGISTRY[name].label if name in REGISTRY else name
+
+
+__all__ = [
+    "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
+    "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
+    "PixelIndependent", "DiagonalNormal", "DiagonalHead",
+    "SparsePrecisionNormal", "SparsePrecisionHead",
+    "DiagonalLaplace", "LaplaceHead",
+]

@@ -1,0 +1,146 @@
+"""What every observation model shares: the noise interface, the head's start, the checks.
+
+An observation model p(y | z) over an image y of S = C·H·W pixels (flattened in C, H, W
+order) is two things: a distribution class and a decoder head that maps the decoder's
+feature maps to that distribution's parameters. All of them are sampled the same way,
+with explicit standard-normal noise (paper eq. 4):
+
+    y = μ + P ω_p + (pixel noise driven by ω_d),   ω_p ~ N(0, I_R),  ω_d ~ N(0, I_S),
+
+where `noise_rank` R is the rank of the structured part (25 for SOS-VAE, 0 for the
+pixel-independent and sparse-precision models, which take ω_d alone). Figures and
+widgets draw (ω_p, ω_d) with `draw_noise` and pass them to `rsample`, so the same seed
+gives the same picture for every model.
+
+Heads start with weights of std 1e-5 and the mean at 0.5, as the paper's code does, so
+training starts from a flat grey image with a tiny variance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, constraints
+
+LOG_2PI = math.log(2 * math.pi)
+HEAD_INIT_STD = 1e-5
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(
+            f"{name} contains NaN or Inf values; check the network output (the trainer's "
+            f"NaN detector names the step) or lower the learning rate"
+        )
+
+
+def flat_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A boolean mask over the S pixels, given flat (S,) or image-shaped (C, H, W)."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor of shape (S,) or (C, H, W), got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)}; pass e.g. `mask > 0`")
+    mask = mask.reshape(-1)
+    if mask.numel() != size:
+        raise ValueError(
+            f"mask has {mask.numel()} entries but the image has S = {size} pixels; "
+            f"pass a (S,) or (C, H, W) mask shared by the batch"
+        )
+    return mask
+
+
+class ObservationDistribution(Distribution):
+    """Base of the observation distributions over flattened images (..., S).
+
+    Subclasses implement `rsample(sample_shape, omega_p, omega_d)`, `log_prob`, `entropy`,
+    `mean`, `variance`, `covariance_row(i)`, `conditional_mean(mask, values)` and `first()`.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    @property
+    def noise_rank(self) -> int:
+        """R, the length of ω_p (0: the model has no structured noise)."""
+        return 0
+
+    def draw_noise(self, generator: Optional[torch.Generator] = None,
+                   sample_shape: torch.Size = torch.Size()) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(ω_p, ω_d) for `rsample`, drawn on the CPU from `generator` (ω_p first), on loc's device."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        omega_p = torch.randn(shape[:-1] + (self.noise_rank,), generator=generator)
+        omega_d = torch.randn(shape, generator=generator)
+        return omega_p.to(self.loc), omega_d.to(self.loc)
+
+    def _noise(self, sample_shape, omega_p: Optional[torch.Tensor], omega_d: Optional[torch.Tensor]):
+        """Check the given noise and draw whatever is missing (torch's global RNG)."""
+        shape = self._extended_shape(torch.Size(sample_shape))
+        if omega_p is None:
+            omega_p = torch.randn(shape[:-1] + (self.noise_rank,), dtype=self.loc.dtype, device=self.loc.device)
+        if omega_p.shape[-1] != self.noise_rank:
+            what = (f"the rank R = {self.noise_rank}" if self.noise_rank
+                    else f"0: {type(self).__name__} has no structured noise; pass omega_d alone")
+            raise ValueError(f"omega_p has last dimension {omega_p.shape[-1]}, expected {what}")
+        if omega_d is None:
+            omega_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        if omega_d.shape[-1] != self.event_shape[0]:
+            raise ValueError(f"omega_d has last dimension {omega_d.shape[-1]}, expected S = {self.event_shape[0]}")
+        return omega_p, omega_d
+
+    def first(self) -> "ObservationDistribution":
+        """The first image of the batch, unbatched (event shape (S,)), detached, float32 on
+        the CPU: what the interactive panels update cheaply. Optional for a subclass."""
+        raise NotImplementedError(f"{type(self).__name__} has no unbatched form (first()); the "
+                                  f"interactive panels cannot show it")
+
+
+def inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+def tiny_conv(c_in: int, c_out: int, bias: float) -> nn.Conv2d:
+    """A 1×1 convolution with weights of std 1e-5 and a constant bias (the heads' start)."""
+    conv = nn.Conv2d(c_in, c_out, 1)
+    nn.init.normal_(conv.weight, 0.0, HEAD_INIT_STD)
+    nn.init.constant_(conv.bias, bias)
+    return conv
+
+
+@dataclass(frozen=True)
+class ObservationModel:
+    """One entry of the registry (`sosvae_core.observations.REGISTRY`).
+
+    name: the config's `model` field and the command line's `--model`.
+    label: its name in tables and figure titles.
+    head: (c_in, image_shape, rank=, eps=, stencil=) → decoder head module; None for a
+        model that is its own distribution (`standalone`).
+    entropy_bound: the entropy target ξ_H applies (SOS-VAE's stabiliser, Section 3.3).
+    warm_release: the quick profile's gentle release of the variance heads applies
+        (False for Appendix A's unstabilised ablation).
+    standalone: (image_shape, rank=, eps=, seed=) → a model with no encoder, decoder or
+        latent (hence no KL target), e.g. Section 4.5's distribution-only model.
+    step_cost: a training step's cost relative to SOS-VAE's, to schedule parallel runs
+        (measured with benchmarks/bench_train.py on the quick CelebA networks, a 2-core AMD
+        EPYC: β-VAE 0.8, Dorta et al. 1.0; the distribution-only model has no network).
+    """
+
+    name: str
+    label: str
+    head: Optional[Callable[..., nn.Module]] = None
+    entropy_bound: bool = False
+    warm_release: bool = True
+    standalone: Optional[Callable[..., nn.Module]] = None
+    step_cost: float = 1.0
+
+    @property
+    def latent(self) -> bool:
+        return self.standalone is None
+
+    def make_head(self, c_in: int, image_shape: Sequence[int], rank: int, eps: float, stencil: int) -> nn.Module:
+        if self.head is None:
+            raise ValueError(f"the '{self.name}' model has no decoder head; build it with "
+                             f"sosvae_core.train.build_model")
+        return self.head(c_in, tuple(image_shape), rank=rank, eps=eps, stencil=stencil)
