@@ -29,7 +29,8 @@ def cmd_train(args) -> int:
 
     from .configs import Config, get_config
     from .paths import cache_root, runs_root
-    from .train import Trainer, run_name
+    from .runs import run_name
+    from .train import Trainer
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
@@ -80,7 +81,7 @@ def cmd_pack(args) -> int:
 
 
 def cmd_fid(args) -> int:
-    from .fid import fid_cli
+    from .table1 import fid_cli
     return fid_cli(args)
 
 

@@ -174,7 +174,7 @@ class Config:
 
 # Fields that do not change what a run trains: the speed switches (bf16 autocast, channels-last,
 # torch.compile), the checkpoint interval and the FID sample size. A run trained with one
-# setting is found and reused with another (`train.run_name` hashes `Config.identity()`).
+# setting is found and reused with another (`runs.run_name` hashes `Config.identity()`).
 RUNTIME_FIELDS = ("amp", "channels_last", "compile", "checkpoint_every", "fid_n")
 
 

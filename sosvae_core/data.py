@@ -73,12 +73,10 @@ bundled ``lfw`` set decodes in a fraction of a second and is never cached.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -92,7 +90,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .paths import ENV_CACHE_DIR, ENV_DATA_ROOT
+from .paths import ENV_CACHE_DIR, ENV_DATA_ROOT, atomic_file
 
 __all__ = [
     "DATASETS",
@@ -501,26 +499,12 @@ def _read_cache(path: Path, key: str) -> dict | None:
 
 
 def _write_cache(path: Path, blob: dict) -> None:
-    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
+    """Write atomically (paths.atomic_file); a failed cache write (disk full, ...) must not
+    fail the load itself, so it warns and goes on."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        warnings.warn(f"cannot write cache in {path.parent} ({_short(exc)}); continuing without it", stacklevel=3)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt and friends
-        # A failed cache write (disk full, ...) must not fail the load itself.
+    except Exception as exc:
         warnings.warn(f"cannot write cache {path} ({_short(exc)}); continuing without it", stacklevel=3)
 
 
@@ -731,15 +715,8 @@ def pack_dataset(name: str, out, data_root=None, n_images: int | None = None, se
             "image_size": size, "n_images": n_images, "seed": seed, "images": images, "files": files,
             "skipped": skipped, "generator": gen.get_state(), "crc32": _checksum(images)}
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out) as f:
+        torch.save(blob, f)
     return out
 
 

@@ -47,6 +47,9 @@ Forsyth, "Effectively Unbiased FID and Inception Score and where to find
 them", CVPR 2020). The paper uses N = 50,000 generated images; numbers
 computed with fewer images are only comparable with numbers computed with the
 same N (and the same reference statistics), never with the paper's table.
+
+This module is the metric alone: it imports nothing of configs, data or runs. Table 1 for
+trained runs, and the command line, are in `sosvae_core.table1`.
 """
 
 from __future__ import annotations
@@ -55,7 +58,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -68,8 +70,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import observations
-from .paths import ENV_FID_WEIGHTS, cache_root
+from .paths import ENV_FID_WEIGHTS, atomic_file
 
 __all__ = [
     "FIDWeightsNotFound",
@@ -542,22 +543,13 @@ def reference_statistics(
 
     mu, sigma, used = activation_statistics(batches_fn(), extractor, n=n, progress=progress)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written next to its final name, then renamed: a reader never sees a
-    # half-written file, even if this process dies.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, n=np.int64(used), descriptor=np.array(descriptor))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:  # a reader never sees a half-written file, even if this process dies
+        np.savez(f, mu=mu, sigma=sigma, n=np.int64(used), descriptor=np.array(descriptor))
     return mu, sigma, used
 
 
 # ---------------------------------------------------------------------------
-# Table 1
+# FID of a generative model
 # ---------------------------------------------------------------------------
 
 
@@ -597,174 +589,3 @@ def fid_of_model(
     if len(reference) > 2:
         result["n_reference"] = int(reference[2])
     return result
-
-
-# ---------------------------------------------------------------------------
-# From configs and run folders (the notebook and the CLI)
-# ---------------------------------------------------------------------------
-
-
-def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, cache_dir=None,
-                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
-    """Reference statistics of the images a config trains on (its whole seeded subset,
-    at its transform and size), cached under ``cache_dir`` (default: `paths.cache_root`).
-    Uses min(n, number of images) images; the number used is returned."""
-    from .data import load_dataset
-
-    key = {"dataset": cfg.dataset, "image_size": list(cfg.image_size) if cfg.image_size else None,
-           "n_images": cfg.n_images, "split_seed": cfg.split_seed, "split": "all"}
-    cache = cache_root(cache_dir)
-
-    def batches():
-        data = load_dataset(cfg.dataset, data_root=data_root, split="all", n_images=cfg.n_images,
-                            seed=cfg.split_seed, image_size=cfg.image_size, cache_dir=cache,
-                            augment=False, progress=progress)
-        images = data.images[:n]
-        for i in range(0, len(images), extractor.batch_size):
-            yield images[i:i + extractor.batch_size]
-
-    n_available = cfg.n_images
-    return reference_statistics(key, batches, extractor, cache / "fid", min(n, n_available), progress=progress)
-
-
-def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: bool = True) -> dict[str, Any]:
-    """The posterior means q(z|x).loc of the first ``n`` test images of the model's config.
-
-    FID of their decodes against :func:`dataset_reference` separates decoding real images'
-    codes from decoding prior codes: a model that does well on the first and not on the
-    second fails where the prior draws codes that no training image has, whether its
-    training codes leave those regions empty or its decoder is unconstrained there. The
-    reference is the first N images of the whole subset, so some of the scored images'
-    originals can be in it: ``reference_overlap`` counts them."""
-    from .data import load_dataset, load_splits
-
-    if not getattr(model, "latent_dim", 0):
-        raise ValueError(f"the {getattr(model, 'kind', 'given')} model has no encoder, so it has no test codes; "
-                         f"use prior codes")
-    cfg = model.config
-    cache = cache_root(cache_dir)
-    kw = dict(data_root=data_root, n_images=cfg.n_images, seed=cfg.split_seed, image_size=cfg.image_size,
-              cache_dir=cache, progress=progress)
-    test = load_splits(cfg.dataset, augment=False, **kw)["test"]
-    if len(test) < n:
-        raise ValueError(f"the test split of {cfg.dataset} holds {len(test)} images, fewer than n = {n}; "
-                         f"pass n ≤ {len(test)}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            codes = torch.cat([model.encode(test.to_float(test.images[i:i + 100], device)).loc.cpu()
-                               for i in range(0, n, 100)])[:n]
-    finally:
-        model.train(was_training)
-    overlap = None
-    if test.files:
-        reference_files = set(load_dataset(cfg.dataset, split="all", augment=False, **kw).files[:n])
-        overlap = len(reference_files.intersection(test.files[:n]))
-    return {"codes": codes, "reference_overlap": overlap}
-
-
-def fid_cli(args) -> int:
-    """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples] [--codes prior|test]`:
-    prints one JSON line."""
-    import json
-
-    from .train import load_run
-
-    model = load_run(args.run, args.device)
-    cfg = model.config
-    n = args.n or cfg.fid_n
-    extractor = load_feature_extractor(args.weights, device=next(model.parameters()).device,
-                                       batch_size=args.batch_size)
-    reference = dataset_reference(cfg, extractor, n, data_root=args.data_root, cache_dir=args.cache_dir)
-    extra, codes = {}, None
-    if args.codes == "test":
-        extra = posterior_codes(model, n, data_root=args.data_root, cache_dir=args.cache_dir)
-        codes = extra.pop("codes")
-    result = fid_of_model(model, reference, n, what=args.what, extractor=extractor, codes=codes)
-    result.update(codes=args.codes, **extra)
-    result.update(run=str(args.run), model=cfg.model, dataset=cfg.dataset, profile=cfg.profile)
-    if n < PAPER_N:
-        result["note"] = "FID is biased upward at small N; compare only numbers with the same N"
-    print(json.dumps(result))
-    return 0
-
-
-# The paper's Table 1 (FID of means, of samples; N = 50,000 generated images). The
-# "brain" rows are the paper's UK Biobank numbers: our OASIS slices stand in for UKBB,
-# so they are a reference point, not the same experiment.
-PAPER_N = 50_000  # generated images per FID in Table 1 (Section 4.3)
-PAPER_TABLE1 = {
-    ("celeba", "beta"): (121.65, 196.40),
-    ("celeba", "sos"): (132.93, 104.62),
-    ("brain", "beta"): (211.24, 332.89),
-    ("brain", "sos"): (141.87, 79.712),
-    ("celeba64_gray", "beta"): (90.97, 257.11),
-    ("celeba64_gray", "dorta"): (73.44, 77.72),
-    ("celeba64_gray", "sos"): (70.43, 74.66),
-}
-# how a dataset is named in Table 1 and the figure captions: the brain rows' paper values are UK Biobank's
-DATASET_LABELS = {"brain": "brain: OASIS (paper: UK Biobank)"}
-
-
-def table1(models: dict, extractor: FeatureExtractor, data_root=None, cache_dir=None, n: int | None = None,
-           seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
-    """FID of means and samples for {(dataset, kind): model}, with the paper's values beside.
-
-    N defaults to each model's config `fid_n`; reference statistics are cached per dataset."""
-    rows, references = [], {}
-    for (dataset, kind), model in models.items():
-        cfg = model.config
-        n_used = n or cfg.fid_n
-        ref_key = (dataset, n_used)
-        if ref_key not in references:
-            references[ref_key] = dataset_reference(cfg, extractor, n_used, data_root, cache_dir, progress)
-        row = {"dataset": dataset, "model": kind, "n": n_used}
-        for what in ("means", "samples"):
-            result = _cached_fid(model, references[ref_key], n_used, what, extractor, seed, progress)
-            row[f"fid_{what}"] = result["fid"]
-            row["n_reference"] = result.get("n_reference")
-        paper = PAPER_TABLE1.get((dataset, kind))
-        row["paper_means"], row["paper_samples"] = paper if paper else (None, None)
-        row.update(backend=extractor.backend, weights_sha256=extractor.weights_sha256)
-        rows.append(row)
-    return rows
-
-
-def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor, seed: int,
-                progress: bool) -> dict[str, Any]:
-    """fid_of_model, remembered in the model's run folder (`fid.json`) when it has one:
-    a trained run's FID for the same N, seed, reference and weights is computed once."""
-    run_dir = getattr(model, "run_dir", None)
-    key = f"{what}|n={n}|seed={seed}|n_reference={reference[2] if len(reference) > 2 else None}|" \
-          f"{extractor.backend}|{extractor.weights_sha256}|{PROTOCOL}"
-    path = Path(run_dir) / "fid.json" if run_dir is not None else None
-    cache = json.loads(path.read_text()) if path is not None and path.exists() else {}
-    if key in cache:
-        return cache[key]
-    result = fid_of_model(model, reference, n, what=what, extractor=extractor, seed=seed, progress=progress)
-    if path is not None:
-        cache[key] = result
-        tmp = path.with_name(f".fid.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=2, default=float))
-        os.replace(tmp, path)
-    return result
-
-
-TABLE1_HEADER = ("dataset", "model", "N (generated / reference)", "FID means", "paper", "FID samples", "paper")
-
-
-def table1_cells(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """Table 1's cells as text, one tuple per row in TABLE1_HEADER's order (Markdown here, HTML in report.py)."""
-    fmt = lambda v: "—" if v is None else f"{v:.2f}"
-    return [(DATASET_LABELS.get(r["dataset"], r["dataset"]), observations.label(r["model"]),
-             f"{r['n']} / {r['n_reference']}", fmt(r["fid_means"]), fmt(r["paper_means"]), fmt(r["fid_samples"]),
-             fmt(r["paper_samples"])) for r in rows]
-
-
-def format_table1(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: ours next to the paper's (N = PAPER_N = 50,000) where known."""
-    lines = ["| " + " | ".join(TABLE1_HEADER) + " |", "|" + "---|" * len(TABLE1_HEADER)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table1_cells(rows)]
-    return "\n".join(lines)

@@ -6,7 +6,6 @@ each `plot_*` function draws them with matplotlib. The notebooks only call these
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 
 from .observations import LowRankNormal
+from .paths import write_json
+from .runs import read_metrics
 from .slerp import slerp
 
 
@@ -48,21 +49,12 @@ def spatial_coherence(residuals: torch.Tensor) -> float:
     return float(torch.stack(corrs).mean())
 
 
-def save_json(obj: dict, path) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
-
-
 def record(output_dir, **metrics) -> dict:
     """Merge key numbers into `<output_dir>/metrics.json` (read by the notebook tests)."""
     path = Path(output_dir) / "metrics.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(metrics)
-    save_json(data, path)
+    write_json(path, data)
     return data
 
 
@@ -472,13 +464,6 @@ CURVES = [("nll", "reconstruction NLL (nats/image)", "symlog"), ("kl", "KL (nats
 EPOCH_CURVES = ("val_mean_mse",)  # read from the per-epoch log, not smoothed
 
 
-def read_metrics(run_dir, kind: str = "steps") -> Dict[str, np.ndarray]:
-    import csv
-    with open(Path(run_dir) / f"metrics_{kind}.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
-
-
 def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, float]] = None, smooth: int = 5,
                          title: str = ""):
     """Loss terms and both multipliers against the step, one line per run.
@@ -524,7 +509,7 @@ def plot_fid_table(rows: List[dict], title: str = ""):
             if r.get(key) is not None:
                 ax.plot([i + dx - 0.18, i + dx + 0.18], [r[key]] * 2, "k-", lw=2)
     if any(r.get(key) is not None for r in rows for key in ("paper_means", "paper_samples")):
-        from .fid import PAPER_N
+        from .table1 import PAPER_N
         ax.plot([], [], "k-", lw=2, label=f"paper (N = {PAPER_N:,})")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(f"FID (N = {rows[0]['n']})")

@@ -190,3 +190,13 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
         return self.decode(z)
+
+
+def build_model(cfg, image_shape) -> nn.Module:
+    """The model a config trains (`sosvae_core.configs.Config`): a VAE with the registered
+    observation model's head, or the registered standalone model (no encoder, no latent)."""
+    spec = get_observation_model(cfg.model)
+    if not spec.latent:
+        return spec.standalone(image_shape, rank=cfg.rank, eps=cfg.eps, seed=cfg.seed)
+    return VAE(image_shape, cfg.model, cfg.latent_dim, cfg.rank, cfg.eps, cfg.channels,
+               cfg.blocks, cfg.norm, cfg.stencil, cfg.upsample, cfg.head_channels)

@@ -21,7 +21,7 @@ from .configs import Config, get_config
 from .data import load_splits, resolve_data_root
 from .figures import record, save_figure
 from .paths import ENV_DATA_ROOT, cache_root, runs_root
-from .train import get_or_train
+from .runs import get_or_train
 
 MAIN_MODELS = ("sos", "beta", "distribution", "sos_learned_diag")  # on the main dataset (01_train_models)
 
@@ -92,7 +92,7 @@ class NotebookContext:
 
     def caption(self, figure: str, what: str, dataset: Optional[str] = None) -> str:
         """A figure's title line: the paper figure, the dataset, the profile, and what is drawn (with N)."""
-        from .fid import DATASET_LABELS  # one name for the OASIS stand-in, as in Table 1
+        from .table1 import DATASET_LABELS  # one name for the OASIS stand-in, as in Table 1
         name = dataset or self.dataset
         return f"{figure} · {DATASET_LABELS.get(name, name)} · {self.profile} profile · {what}"
 

@@ -102,7 +102,7 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
     What each job prints (a line per epoch) goes to `stream` as it comes; a failed job
     stops the others and raises with the end of its error output. Returns {run name:
     seconds} of the runs trained now."""
-    from .train import run_name
+    from .runs import run_name
     stream = stream or sys.stdout
     runs = runs_root(runs_dir).resolve()
     cache = cache_root(runs_dir=runs).resolve()

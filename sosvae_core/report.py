@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from pathlib import Path
 from typing import Optional
+
+from .paths import write_text
 
 # What each of the paper's figures shows, in a line, for the page's captions.
 PAPER_FIGURES = {
@@ -80,7 +81,7 @@ def _scorecard_html(card: dict) -> str:
 
 
 def _table1_html(rows) -> str:
-    from .fid import TABLE1_HEADER, table1_cells
+    from .table1 import TABLE1_HEADER, table1_cells
     body = [tuple(html.escape(c) for c in cells) for cells in table1_cells(rows)]
     return (_table(TABLE1_HEADER, body)
             + "<p>The paper's values are at N = 50,000; FID at small N is biased upward, so compare only rows "
@@ -134,8 +135,4 @@ def build_index(output) -> Path:
                          f"<figcaption><b>{html.escape(png.stem)}</b>"
                          + (f" — {html.escape(caption)}" if caption else "") + "</figcaption></figure>")
     parts.append("</body></html>")
-    path = output / "index.html"
-    tmp = path.with_name(f".index.html.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(output / "index.html", "\n".join(parts))

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .paths import ENV_DATA_ROOT, ENV_RUNS_DIR, runs_root
+from .paths import ENV_DATA_ROOT, ENV_RUNS_DIR, runs_root, write_json
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -117,9 +117,7 @@ START_FIRST = ("08", "09")
 
 def _write_summary(output: Path, summary: dict) -> None:
     summary["notebooks"].sort(key=lambda r: r["notebook"])
-    tmp = output / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    os.replace(tmp, output / "summary.json")
+    write_json(output / "summary.json", summary, sort_keys=False)
 
 
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,

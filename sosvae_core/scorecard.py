@@ -57,6 +57,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .paths import write_json
+
 PAPER_PIXEL_VARIANCE = 0.0322  # App. A: the stabilised CelebA model
 PAPER_PIXEL_VARIANCE_UNSTABILISED = 11.76  # App. A: learned D, no entropy bound
 
@@ -252,11 +254,11 @@ def covariance_structure(model, n: int = 16, seed: int = 0) -> dict:
 
 
 def table1_numbers(rows: List[dict], dataset: str, kinds: Sequence[str]) -> dict:
-    """Claims 3 and 4's numbers from `fid.table1` rows: {kind_means, kind_samples, n}."""
+    """Claims 3 and 4's numbers from `table1.table1` rows: {kind_means, kind_samples, n}."""
     by = {r["model"]: r for r in rows if r["dataset"] == dataset}
     missing = [k for k in kinds if k not in by]
     if missing:
-        raise ValueError(f"no Table 1 row for {missing} on {dataset}; compute them with fid.table1 first")
+        raise ValueError(f"no Table 1 row for {missing} on {dataset}; compute them with table1.table1 first")
     numbers = {f"{k}_{w}": by[k][f"fid_{w}"] for k in kinds for w in ("means", "samples")}
     numbers["n"] = by[kinds[-1]]["n"]
     return numbers
@@ -305,7 +307,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
     that notebook 09 uses. FID numbers come from the runs' cache when notebooks 08 and
     09 computed them already.
     """
-    from . import fid
+    from . import fid, table1
     from .figures import (PAPER_EDIT_SCALE, PAPER_EDITS, compare_with_pca, fit_pca,
                           observation_panel, spatial_coherence)
     rows = []
@@ -317,7 +319,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
         nonlocal extractor
         if extractor is None:
             extractor = fid.load_feature_extractor(device=next(next(iter(models.values())).parameters()).device)
-        return fid.table1(models, extractor, data_root=ctx.data_root, cache_dir=ctx.cache_dir, seed=ctx.seed,
+        return table1.table1(models, extractor, data_root=ctx.data_root, cache_dir=ctx.cache_dir, seed=ctx.seed,
                           progress=False)
 
     for dataset in datasets:
@@ -331,7 +333,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
         rows.append(row(1, dataset, coherence, "β-VAE: uncorrelated pixel noise; SOS-VAE: spatially coherent "
                                                "(Figs. 1–2, no number given)"))
         fids = table1_numbers(table({(dataset, "beta"): beta, (dataset, "sos"): sos}), dataset, ("beta", "sos"))
-        paper = fid.PAPER_TABLE1.get((dataset, "sos")), fid.PAPER_TABLE1.get((dataset, "beta"))
+        paper = table1.PAPER_TABLE1.get((dataset, "sos")), table1.PAPER_TABLE1.get((dataset, "beta"))
         paper_text = (f"SOS samples {paper[0][1]} < β samples {paper[1][1]}, β means {paper[1][0]} (N = 50,000)"
                       if all(paper) else "—")
         rows.append(row(3, dataset, fids, paper_text, f"N = {fids['n']} generated images"
@@ -441,10 +443,9 @@ def plot_scorecard(rows: List[dict], title: str = ""):
 
 def save_scorecard(rows: List[dict], path, **provenance) -> None:
     """scorecard.json: the rows with how they were made (profile, dataset, data root)."""
-    from .figures import save_json
-    save_json({"claims": rows, "passed": sum(r["pass"] is True for r in rows),
-               "measured": sum(r["pass"] is not None for r in rows),
-               **{k: (str(v) if v is not None else None) for k, v in provenance.items()}}, path)
+    write_json(path, {"claims": rows, "passed": sum(r["pass"] is True for r in rows),
+                      "measured": sum(r["pass"] is not None for r in rows),
+                      **{k: (str(v) if v is not None else None) for k, v in provenance.items()}})
 
 
 def _fmt(v) -> str:

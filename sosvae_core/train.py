@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -40,10 +39,10 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .configs import Config
-from .networks import VAE
+from .networks import build_model
 from .observations import CapacitanceError, get_observation_model
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
-from .paths import runs_root
+from .paths import atomic_file, write_json, write_text
 
 PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
@@ -68,22 +67,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def build_model(cfg: Config, image_shape) -> torch.nn.Module:
-    spec = get_observation_model(cfg.model)
-    if not spec.latent:
-        return spec.standalone(image_shape, rank=cfg.rank, eps=cfg.eps, seed=cfg.seed)
-    return VAE(image_shape, cfg.model, cfg.latent_dim, cfg.rank, cfg.eps, cfg.channels,
-               cfg.blocks, cfg.norm, cfg.stencil, cfg.upsample, cfg.head_channels)
 
 
 def _rng_state(flip_gen: torch.Generator, device: torch.device) -> dict:
@@ -232,7 +215,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.is_main:
-            atomic_save(self.state_dict(), self.checkpoint_path)
+            with atomic_file(self.checkpoint_path) as f:
+                torch.save(self.state_dict(), f)
         if self.distributed:  # no rank runs ahead of (or reads) a checkpoint still being written
             dist.barrier()
 
@@ -269,12 +253,10 @@ class Trainer:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames, [r for r in reader if keep(r)]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_file(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
     # -- one step --------------------------------------------------------------------
 
@@ -369,7 +351,7 @@ class Trainer:
         """Train to `cfg.epochs` (or stop after `max_steps` total steps, checkpointed)."""
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.cfg.to_json())
+            write_text(self.run_dir / "config.json", self.cfg.to_json())
         if self.distributed:  # rank 0 has set up the folder before any rank reads from it
             dist.barrier()
         if resume:
@@ -428,9 +410,7 @@ class Trainer:
         if self.is_main:
             done = {"epochs": self.epoch, "steps": self.step, "wall_time_s": round(self.wall_time, 2),
                     "device": str(self.device), "world_size": self.world}
-            tmp = self.run_dir / ".done.json.tmp"
-            tmp.write_text(json.dumps(done, indent=2))
-            os.replace(tmp, self.run_dir / "done.json")
+            write_json(self.run_dir / "done.json", done, sort_keys=False)
         if self._tb:
             self._tb.flush()
         return self.model
@@ -521,48 +501,3 @@ def epoch_line(cfg: Config, epochs_done: int, summary: dict, pretrain: bool) -> 
             + f" · H {num('entropy', '.5g')} · λ_KL {num('lambda_kl', '.3g')} · λ_H {num('lambda_entropy', '.3g')}"
             + f" · variance {num('mean_variance', '.3g')} · {_duration(per_epoch)}/epoch"
             + f" · ETA {_duration(per_epoch * (cfg.epochs - epochs_done))}")
-
-
-# -- train once, then load ------------------------------------------------------------------
-
-def run_name(cfg: Config) -> str:
-    """A readable folder name, unique to what the config trains: experiment-profile-model-<hash>
-    (runtime-only fields such as amp or fid_n are not part of the hash)."""
-    import hashlib
-    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.experiment}-{cfg.profile}-{cfg.model}-{digest}"
-
-
-def load_run(run_dir, device: str = "auto") -> torch.nn.Module:
-    """The trained model of a finished (or checkpointed) run folder, in eval mode."""
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint in {run_dir}; train it first "
-                                f"(python -m sosvae_core train ...)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = Config.from_dict(state["config"])
-    image_shape = tuple(state["image_shape"])
-    model = build_model(cfg, image_shape)
-    model.load_state_dict(state["model"])
-    model.config = cfg
-    return model.to(select_device(device)).eval()
-
-
-def get_or_train(cfg: Config, runs_dir=None, data_root=None, device: str = "auto",
-                 progress: bool = True, datasets: Optional[Dict] = None, cache_dir=None) -> torch.nn.Module:
-    """Train `cfg` once (resuming an interrupted run), then load it from its run folder."""
-    run_dir = runs_root(runs_dir) / run_name(cfg)
-    if not (run_dir / "done.json").exists():
-        if progress:
-            state = "resuming the interrupted run" if (run_dir / "checkpoint.pt").exists() else "training"
-            print(f"{state} {run_dir.name} ({cfg.model} on {cfg.dataset}, {cfg.profile} profile, {cfg.epochs} epochs): "
-                  f"no finished run in {run_dir.parent}", flush=True)
-        Trainer(cfg, run_dir, datasets=datasets, data_root=data_root, device=device,
-                progress=progress, cache_dir=cache_dir).fit()
-    elif progress:
-        print(f"loaded {run_dir.name} ({cfg.model} on {cfg.dataset}) from {run_dir.parent}", flush=True)
-    model = load_run(run_dir, device)
-    model.config = cfg  # the same run; the runtime-only fields as asked now (e.g. fid_n)
-    model.run_dir = run_dir
-    return model

@@ -145,7 +145,7 @@ def lab(browser, tmp_path_factory):
     try:
         # train the smoke model while the server starts; the notebook then only loads it
         from sosvae_core.configs import get_config
-        from sosvae_core.train import get_or_train
+        from sosvae_core.runs import get_or_train
         get_or_train(get_config("lfw", PROFILE, "sos"), runs_dir=runs, progress=False)
         deadline = time.monotonic() + SERVER_START_S
         while True:

@@ -114,7 +114,7 @@ def test_trained_laplace_model_draws_figure_2s_rows(trained):
 
 def test_trained_from_the_command_line(tmp_path, capsys):
     from sosvae_core.__main__ import main as cli
-    from sosvae_core.train import load_run
+    from sosvae_core.runs import load_run
     run = tmp_path / "run"
     assert cli(["train", "--config", "lfw", "--profile", "smoke", "--model", "laplace", "--run-dir", str(run),
                 "--no-progress", "--set", "epochs=1"]) == 0

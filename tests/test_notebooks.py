@@ -87,7 +87,7 @@ def test_each_paper_figure_is_saved(smoke_run):
 
 def test_the_models_are_trained_first_side_by_side_and_no_notebook_trains_another(smoke_run):
     from sosvae_core.notebook import context
-    from sosvae_core.train import run_name
+    from sosvae_core.runs import run_name
     _, _, summary, runs = smoke_run
     planned = {run_name(c) for c in context("smoke", data_root=os.environ.get("SOSVAE_DATA_ROOT"),
                                             runs_dir=runs).planned_configs()}

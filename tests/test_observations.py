@@ -6,7 +6,7 @@ import torch
 from sosvae_core.__main__ import build_parser
 from sosvae_core.configs import MODELS, get_config
 from sosvae_core.observations import REGISTRY, ObservationDistribution, get_observation_model, label
-from sosvae_core.train import build_model
+from sosvae_core.networks import build_model
 
 
 def test_configs_and_the_command_line_offer_exactly_the_registered_models():

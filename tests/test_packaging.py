@@ -77,3 +77,10 @@ def test_readme_example_trains_a_users_vae_with_the_sos_likelihood():
     first, last = scope["history"][0], scope["history"][-1]
     assert last["nll"] < 0.5 * first["nll"]  # it learns
     assert last["lambda_entropy"] > 0  # the entropy bound acts: H started above ξ_H
+
+
+def test_the_fid_metric_imports_nothing_of_training_data_or_runs():
+    code = ("import sys, sosvae_core.fid; print(sorted(m for m in sys.modules if m.startswith('sosvae_core.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = eval(done.stdout.strip())
+    assert loaded == ["sosvae_core.fid", "sosvae_core.paths"], loaded

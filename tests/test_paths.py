@@ -1,11 +1,18 @@
-"""One runs folder for the command line, run_all.sh and Jupyter (sosvae_core.paths)."""
+"""One runs folder for the command line, run_all.sh and Jupyter, and atomic writes (sosvae_core.paths)."""
+import json
+import stat
 from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
 
 from sosvae_core import paths, runner
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.notebook import setup
-from sosvae_core.train import run_name
+from sosvae_core.paths import atomic_file, write_json, write_text
+from sosvae_core.runs import run_name
 
 
 def test_runs_root_order_argument_then_environment_then_home(monkeypatch, tmp_path):
@@ -73,3 +80,37 @@ def test_every_notebook_takes_runs_dir_and_uses_setup():
         source = "".join("".join(c["source"]) for c in json.loads(Path(book).read_text())["cells"])
         assert "runs_dir = None" in source, book.name
         assert "setup(profile, dataset, data_root, device, output_dir, seed, runs_dir)" in source, book.name
+
+
+def test_atomic_file_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    write_json(path, {"b": np.float32(0.5), "a": 1})
+    assert json.loads(path.read_text()) == {"a": 1, "b": 0.5}
+    assert path.read_text().index('"a"') < path.read_text().index('"b"')  # sorted keys
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    write_text(path, "ünïcode\n")
+    assert path.read_text(encoding="utf-8") == "ünïcode\n"
+    # a failed write keeps the old content and removes its temp file
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_file(path, "w") as f:
+            f.write("half")
+            raise RuntimeError("disk full")
+    assert path.read_text(encoding="utf-8") == "ünïcode\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]
+    with atomic_file(tmp_path / "blob.pt") as f:
+        torch.save({"x": torch.arange(3)}, f)
+    assert torch.equal(torch.load(tmp_path / "blob.pt")["x"], torch.arange(3))
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w'"):
+        with atomic_file(path, "a"):
+            pass
+
+
+def test_concurrent_writers_never_share_a_temp_file(tmp_path):
+    path = tmp_path / "summary.json"
+    a, b = atomic_file(path, "w"), atomic_file(path, "w")
+    fa, fb = a.__enter__(), b.__enter__()
+    temps = [p.name for p in tmp_path.iterdir()]
+    assert len(temps) == 2 and all(t.startswith(".summary.json.") and t.endswith(".tmp") for t in temps)
+    fa.write("A"), fb.write("B")
+    a.__exit__(None, None, None), b.__exit__(None, None, None)
+    assert path.read_text() == "B" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]

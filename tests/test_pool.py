@@ -7,7 +7,7 @@ from sosvae_core import __main__ as cli
 from sosvae_core import pool
 from sosvae_core.configs import get_config
 from sosvae_core.notebook import context
-from sosvae_core.train import run_name
+from sosvae_core.runs import run_name
 
 
 def config_of_command(cmd):

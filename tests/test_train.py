@@ -8,7 +8,8 @@ from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.data import load_splits, synthetic_lowrank_dataset
 from sosvae_core.observations import REGISTRY
-from sosvae_core.train import Trainer, TrainingDiverged, epoch_line, get_or_train, load_run, run_name
+from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
+from sosvae_core.train import Trainer, TrainingDiverged, epoch_line
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,6 @@ def test_learning_rate_after_pretraining_and_the_means_validation_error(lfw, tmp
     again = Trainer(cfg, tmp_path / "run", datasets=lfw, progress=False, tensorboard=False)
     again.fit()
     assert [g["lr"] for g in again.optimizer.param_groups] == [1e-4, 1e-4]
-    from sosvae_core.figures import read_metrics
     m = read_metrics(tmp_path / "run", "epochs")
     assert len(m["val_mean_mse"]) == 3 and (m["val_mean_mse"] > 0).all()
     # the mean's validation error is the decoded mean's squared error, per pixel, averaged over images
@@ -224,23 +224,6 @@ def test_variance_explosion_is_detected(lfw, tmp_path):
         tr.model.head.diag.bias.fill_(1e5)
     with pytest.raises(TrainingDiverged, match=r"mean variance exploded to .* at step 0"):
         tr.fit()
-
-
-def test_get_or_train_trains_once_then_loads(lfw, tmp_path, monkeypatch):
-    cfg = smoke("beta", epochs=1)
-    m1 = get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=False)
-    assert (tmp_path / run_name(cfg) / "done.json").exists()
-    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained twice"))
-    m2 = get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
-    assert not m2.training
-    # runtime-only fields find the same run (no retraining) and come back as asked
-    fast = cfg.replace(fid_n=7, amp=True, checkpoint_every=3, channels_last=True)
-    assert run_name(fast) == run_name(cfg)
-    m3 = get_or_train(fast, runs_dir=tmp_path, datasets=lfw, progress=False)
-    assert m3.config.fid_n == 7 and m3.config == fast
-    # a field that changes what is trained is another run
-    assert run_name(cfg.replace(lr=cfg.lr * 2)) != run_name(cfg)
 
 
 def test_cli_train_resume_and_errors(tmp_path, capsys):

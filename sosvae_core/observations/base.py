@@ -142,5 +142,5 @@ class ObservationModel:
     def make_head(self, c_in: int, image_shape: Sequence[int], rank: int, eps: float, stencil: int) -> nn.Module:
         if self.head is None:
             raise ValueError(f"the '{self.name}' model has no decoder head; build it with "
-                             f"sosvae_core.train.build_model")
+                             f"sosvae_core.networks.build_model")
         return self.head(c_in, tuple(image_shape), rank=rank, eps=eps, stencil=stencil)
