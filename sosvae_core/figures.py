@@ -12,7 +12,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .observations import LowRankNormal
+from .editing import floor_scales
+from .networks import model_device
 from .paths import write_json
 from .runs import read_metrics
 from .slerp import slerp
@@ -63,10 +64,6 @@ def prior_z(model, n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, model.latent_dim, generator=g)
 
 
-def _device(model):
-    return next(model.parameters()).device
-
-
 # -- Figs. 1–2: mean, sample, residual, variance, covariance to the centre -----------------
 
 @torch.no_grad()
@@ -78,7 +75,7 @@ def observation_panel(model, z: torch.Tensor, seed: int = 0) -> Dict[str, torch.
     with the central entry itself zeroed so it does not dominate (as the paper's code).
     """
     shape = model.image_shape
-    obs = model.decode(z.to(_device(model)))
+    obs = model.decode(z.to(model_device(model)))
     omega_p, omega_d = obs.draw_noise(torch.Generator().manual_seed(seed))
     sample = obs.rsample(omega_p=omega_p, omega_d=omega_d)
     centre = centre_pixel(shape)
@@ -181,7 +178,7 @@ def slerp_grid(model, z: torch.Tensor, n: int = 5, seed: int = 0, return_corners
     Returns (n+2, n+2, C, H, W) indexed [row, column]; with return_corners, also the
     four corner samples (tl, tr, bl, br) drawn directly from their ω_p, (4, C, H, W).
     """
-    obs = model.decode(z[:1].to(_device(model)))
+    obs = model.decode(z[:1].to(model_device(model)))
     if obs.noise_rank == 0:
         raise ValueError(f"slerp_grid interpolates ω_p, and {type(obs).__name__} has none; "
                          f"use a model with structured noise (e.g. SOS-VAE)")
@@ -223,21 +220,6 @@ def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequen
 # -- Fig. 5 and App. B: principal-component scaling (eq. 5) ------------------------------------
 
 PAPER_SCALES = torch.arange(-5.0, 5.01, 0.5)  # −5 … +5 in steps of 0.5 (21 values)
-# A component scale never reaches 0: the paper's code replaces |a| < 0.03 by ±0.03 (0 by
-# +0.03), so "scale 0" in Figs. 5, 9, 10 and in the editor means 0.03.
-COMPONENT_FLOOR = 0.03
-
-
-def floor_scales(scales, floor: float = COMPONENT_FLOOR):
-    """Scales with magnitude below `floor` moved to ±floor, keeping their sign (0 → +floor).
-
-    A number gives a number (exact in float64), a tensor a tensor of its dtype."""
-    if not isinstance(scales, torch.Tensor):
-        return -max(-float(scales), floor) if scales < 0 else max(float(scales), floor)
-    sign = torch.where(scales < 0, -1.0, 1.0).to(scales.dtype)
-    return sign * scales.abs().clamp(min=floor)
-
-
 @torch.no_grad()
 def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PAPER_SCALES,
                     others: float = 0.03, seed: int = 0) -> torch.Tensor:
@@ -248,7 +230,7 @@ def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PA
     paper's code does (`floor_scales`): the column labelled 0 is drawn at 0.03.
     ω_p and ω_d are fixed across the figure. Returns (len(components), len(scales), C, H, W).
     """
-    obs = model.decode(z[:1].to(_device(model)))
+    obs = model.decode(z[:1].to(model_device(model)))
     g = torch.Generator().manual_seed(seed)
     omega_p = torch.randn(1, obs.rank, generator=g).to(obs.loc)
     omega_d = torch.randn(obs.loc.shape, generator=g).to(obs.loc)
@@ -262,133 +244,6 @@ def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PA
         y = obs.loc + (P @ omega_p.mT).squeeze(-1) + obs.diagonal.sqrt() * omega_d
         rows.append(y.reshape(len(scales), *model.image_shape).cpu())
     return torch.stack(rows)
-
-
-# -- Fig. 6 and App. C: editing by Gaussian conditioning (eqs. 6–7) ------------------------------
-
-def stroke_mask(image_shape: Sequence[int], y0: float, x0: float, y1: float, x1: float,
-                width: float = 0.04) -> torch.Tensor:
-    """A brush stroke from (y0, x0) to (y1, x1), in fractions of the image, all channels.
-
-    Returns a bool (C, H, W) mask: pixels within `width`·min(H, W) of the segment.
-    """
-    C, H, W = image_shape
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
-    a = torch.tensor([y0 * (H - 1), x0 * (W - 1)], dtype=torch.float64)
-    b = torch.tensor([y1 * (H - 1), x1 * (W - 1)], dtype=torch.float64)
-    d = b - a
-    t = (((yy - a[0]) * d[0] + (xx - a[1]) * d[1]) / d.pow(2).sum().clamp_min(1e-12)).clamp(0, 1)
-    dist = ((yy - a[0] - t * d[0]) ** 2 + (xx - a[1] - t * d[1]) ** 2).sqrt()
-    mask = dist <= max(width * min(H, W), 0.5)
-    return mask.expand(C, H, W).clone()
-
-
-# Stroke positions for aligned faces (CelebA and LFW are both aligned on the eyes).
-FACE_EDITS = {
-    "hair": dict(stroke=(0.06, 0.35, 0.12, 0.65), colour=(0.85, 0.75, 0.2)),  # blond streak
-    "skin": dict(stroke=(0.55, 0.28, 0.62, 0.36), colour=(0.9, 0.45, 0.45)),  # flushed cheek
-    "background": dict(stroke=(0.1, 0.02, 0.3, 0.06), colour=(0.1, 0.6, 0.2)),  # green backdrop
-}
-
-# The authors' editor (their code's sampler → editor): it edits the distribution whose
-# principal components are all scaled to their floor of 0.03 (P → U(0.03·S)Vᵀ), with a
-# pen of a few pixels painted on the mean. Their published example: a short dark stroke
-# on the hair, then a short darker stroke on the forehead (width=0.01: a one-pixel line).
-PAPER_EDIT_SCALE = 0.03
-PAPER_EDITS = {
-    # aligned CelebA (218×178 and its resized quick sizes): hair above the forehead
-    "celeba": {
-        "hair": dict(stroke=(0.14, 0.46, 0.17, 0.54), colour=(0.08, 0.06, 0.05), width=0.01),
-        "forehead": dict(stroke=(0.37, 0.45, 0.39, 0.52), colour=(0.55, 0.40, 0.32), width=0.01),
-    },
-    # the bundled portraits (44×36): the crown of the hair, and the forehead below the fringe
-    "portraits": {
-        "hair": dict(stroke=(0.2, 0.45, 0.2, 0.55), colour=(0.08, 0.06, 0.05), width=0.01),
-        "forehead": dict(stroke=(0.4, 0.45, 0.4, 0.55), colour=(0.55, 0.40, 0.32), width=0.01),
-    },
-    # the bundled LFW crops are tighter: the top rows are hair, the forehead just below
-    "lfw": {
-        "hair": dict(stroke=(0.02, 0.4, 0.02, 0.6), colour=(0.08, 0.06, 0.05), width=0.01),
-        "forehead": dict(stroke=(0.2, 0.42, 0.2, 0.58), colour=(0.55, 0.40, 0.32), width=0.01),
-    },
-}
-
-
-def colour_to_values(colour, channels: int) -> torch.Tensor:
-    """Brush colour → one intensity per channel in [0, 1].
-
-    colour: any CSS colour PIL knows ('#ff8800', 'white', ...) or an (r, g, b) tuple in
-    [0, 1]. Gray images get the luminance 0.299 r + 0.587 g + 0.114 b (BT.601).
-    """
-    if isinstance(colour, str):
-        from PIL import ImageColor
-        rgb = torch.tensor(ImageColor.getrgb(colour)[:3], dtype=torch.float32) / 255
-    else:
-        rgb = torch.as_tensor(colour, dtype=torch.float32).reshape(-1)[:3]
-        if rgb.numel() == 1:
-            rgb = rgb.repeat(3)
-    if channels == 3:
-        return rgb
-    return (rgb * torch.tensor([0.299, 0.587, 0.114])).sum().reshape(1).repeat(channels)
-
-
-def colour_values(colour, mask: torch.Tensor) -> torch.Tensor:
-    """The edited values for a mask (C, H, W): the colour per channel, or its luminance."""
-    return colour_to_values(colour, mask.shape[0])[:, None, None].expand(mask.shape)[mask]
-
-
-@torch.no_grad()
-def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool = True,
-                  edit_table: Optional[Dict] = None, component_scale: Optional[float] = None
-                  ) -> Dict[str, torch.Tensor]:
-    """Apply named strokes and condition the mean on them (eqs. 6–7).
-
-    sequential=True accumulates the edits (App. C); False applies each on its own.
-    component_scale: condition the distribution whose principal components are all
-    scaled by this factor (eq. 5; the authors' editor uses 0.03; floored at ±0.03 like
-    every component scale); None: the full P.
-    Returns (len(edits), C, H, W) tensors: 'edited' (the mean with the strokes so far
-    pasted), 'conditional' (the conditional mean) and 'masks' (the pixels conditioned
-    on), plus 'mean' (1, C, H, W).
-    """
-    edit_table = edit_table or FACE_EDITS
-    shape = model.image_shape
-    obs = model.decode(z[:1].to(_device(model)))
-    if component_scale is not None:
-        if not isinstance(obs, LowRankNormal):
-            raise ValueError(f"component_scale needs a low-rank observation model, not {type(obs).__name__}; "
-                             f"use component_scale=None")
-        # every component scaled alike: U(c·S)Vᵀ = c·P exactly, no SVD needed
-        c = floor_scales(float(component_scale))
-        obs = LowRankNormal(obs.loc, obs.cov_factor * c, obs.cov_diag, validate_args=False)
-    mean = obs.mean[0].detach().cpu().reshape(shape)
-    mask = torch.zeros(shape, dtype=torch.bool)
-    target = mean.clone()
-    edited, conditional, masks = [], [], []
-    for name in edits:
-        spec = edit_table[name]
-        m = stroke_mask(shape, *spec["stroke"], width=spec.get("width", 0.04))
-        if not sequential:
-            mask = torch.zeros(shape, dtype=torch.bool)
-            target = mean.clone()
-        target[m] = colour_values(spec["colour"], m).to(target.dtype)
-        mask |= m
-        values = target[mask].unsqueeze(0).to(obs.loc)
-        cond = obs.conditional_mean(mask.to(obs.loc.device), values)[0].cpu().reshape(shape)
-        paste = mean.clone()
-        paste[mask] = target[mask]
-        edited.append(paste)
-        conditional.append(cond)
-        masks.append(mask.clone())
-    return {"mean": mean.unsqueeze(0), "edited": torch.stack(edited),
-            "conditional": torch.stack(conditional), "masks": torch.stack(masks)}
-
-
-def edit_spread(result: Dict[str, torch.Tensor], mask_of_last: Optional[torch.Tensor] = None) -> float:
-    """How far an edit propagates: mean |conditional − mean| outside the edited pixels."""
-    changed = (result["edited"][-1] != result["mean"][0])
-    diff = (result["conditional"][-1] - result["mean"][0]).abs()
-    return float(diff[~changed].mean())
 
 
 # -- Fig. 7: the distribution-only model against PCA ---------------------------------------------
@@ -438,7 +293,7 @@ def compare_with_pca(dist_model, pca, held_out: torch.Tensor) -> Dict[str, float
 @torch.no_grad()
 def average_variance(model, images: torch.Tensor, batch_size: int = 50) -> float:
     """Average per-pixel variance of p(x|z) with z the encoder's mean of held-out images."""
-    dev = _device(model)
+    dev = model_device(model)
     total, count = 0.0, 0
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].to(dev)

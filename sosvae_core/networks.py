@@ -141,6 +141,11 @@ class DecoderBody(nn.Module):
         return self.body(z[:, :, None, None])
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters live on."""
+    return next(model.parameters()).device
+
+
 def make_head(kind: str, c_in: int, image_shape: Sequence[int], rank: int, eps: float,
               stencil: int = 3) -> nn.Module:
     """The decoder head of the registered observation model `kind` (sosvae_core.observations)."""
@@ -187,7 +192,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None):
-        device = next(self.parameters()).device
+        device = model_device(self)
         z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
         return self.decode(z)
 

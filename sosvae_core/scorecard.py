@@ -57,6 +57,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .networks import model_device
 from .paths import write_json
 
 PAPER_PIXEL_VARIANCE = 0.0322  # App. A: the stabilised CelebA model
@@ -113,7 +114,7 @@ TITLES = {
 def prior_pixel_variance(model, n: int = 64, seed: int = 0) -> float:
     """Average per-pixel variance of p(x|z) over n latent codes from the prior."""
     from .figures import prior_z
-    device = next(model.parameters()).device
+    device = model_device(model)
     obs = model.decode(prior_z(model, n, seed).to(device))
     return float(obs.variance.mean())
 
@@ -121,7 +122,7 @@ def prior_pixel_variance(model, n: int = 64, seed: int = 0) -> float:
 def training_variance(model) -> float:
     """The average per-pixel variance over the last training epoch's batches (encoded
     training images), as the paper's code logs it ("Mean Variance"); NaN if not logged."""
-    from .figures import read_metrics
+    from .runs import read_metrics
     run_dir = getattr(model, "run_dir", None)
     try:
         values = read_metrics(run_dir, "epochs")["mean_variance"]
@@ -277,7 +278,8 @@ def editing_claim(model, edits: Dict[str, dict], component_scale: Optional[float
                   seed: int = 0) -> dict:
     """Claim 7: each named edit alone, on n prior codes, with the figure's protocol
     (median over the codes)."""
-    from .figures import edit_sequence, prior_z
+    from .editing import edit_sequence
+    from .figures import prior_z
     z = prior_z(model, n_codes, seed)
     per_edit = {}
     for name in edits:
@@ -308,8 +310,8 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
     09 computed them already.
     """
     from . import fid, table1
-    from .figures import (PAPER_EDIT_SCALE, PAPER_EDITS, compare_with_pca, fit_pca,
-                          observation_panel, spatial_coherence)
+    from .editing import PAPER_EDIT_SCALE, PAPER_EDITS
+    from .figures import compare_with_pca, fit_pca, observation_panel, spatial_coherence
     rows = []
     main = ctx.dataset
     datasets = [main] + (["brain"] if ctx.has_real_data and main != "brain" else [])
@@ -318,7 +320,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
     def table(models):
         nonlocal extractor
         if extractor is None:
-            extractor = fid.load_feature_extractor(device=next(next(iter(models.values())).parameters()).device)
+            extractor = fid.load_feature_extractor(device=model_device(next(iter(models.values()))))
         return table1.table1(models, extractor, data_root=ctx.data_root, cache_dir=ctx.cache_dir, seed=ctx.seed,
                           progress=False)
 
@@ -328,7 +330,7 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
         coherence = {}
         for kind, model in (("beta", beta), ("sos", sos)):
             with torch.no_grad():
-                z = model.encode(test.to(next(model.parameters()).device)).loc
+                z = model.encode(test.to(model_device(model))).loc
             coherence[f"coherence_{kind}"] = spatial_coherence(observation_panel(model, z, ctx.seed)["difference"])
         rows.append(row(1, dataset, coherence, "β-VAE: uncorrelated pixel noise; SOS-VAE: spatially coherent "
                                                "(Figs. 1–2, no number given)"))

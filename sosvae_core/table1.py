@@ -20,6 +20,7 @@ import torch
 
 from . import observations
 from .fid import PROTOCOL, FeatureExtractor, fid_of_model, load_feature_extractor, reference_statistics
+from .networks import model_device
 from .paths import cache_root, write_json
 
 
@@ -85,7 +86,7 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
     if len(test) < n:
         raise ValueError(f"the test split of {cfg.dataset} holds {len(test)} images, fewer than n = {n}; "
                          f"pass n ≤ {len(test)}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
@@ -111,7 +112,7 @@ def fid_cli(args) -> int:
     model = load_run(args.run, args.device)
     cfg = model.config
     n = args.n or cfg.fid_n
-    extractor = load_feature_extractor(args.weights, device=next(model.parameters()).device,
+    extractor = load_feature_extractor(args.weights, device=model_device(model),
                                        batch_size=args.batch_size)
     reference = dataset_reference(cfg, extractor, n, data_root=args.data_root, cache_dir=args.cache_dir)
     extra, codes = {}, None

@@ -44,7 +44,8 @@ from PIL import Image as PILImage
 
 from .observations import LowRankNormal, ObservationDistribution
 from .slerp import slerp
-from .figures import COMPONENT_FLOOR, PAPER_EDIT_SCALE, colour_to_values, floor_scales  # shared with Fig. 6
+from .editing import COMPONENT_FLOOR, PAPER_EDIT_SCALE, colour_to_values, floor_scales, stroke_mask
+from .networks import model_device
 
 __all__ = [
     "ComponentPanel",
@@ -52,11 +53,9 @@ __all__ = [
     "LatentPanel",
     "EditPanel",
     "default_zoom",
-    "to_uint8",
+    "display_array",
     "png_bytes",
-    "colour_values",
-    "stroke_mask",
-    "colour_to_values",
+    "colormap_rgb",
     "event_xy",
     "measure_latency",
 ]
@@ -99,7 +98,7 @@ def default_zoom(height: int, width: int, target: int = 256) -> int:
     return max(1, math.ceil(target / max(height, width)))
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
+def display_array(image: torch.Tensor) -> np.ndarray:
     """(C, H, W) intensities → (H, W) gray or (H, W, C) colour uint8, clamped to [0, 1]."""
     a = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
@@ -121,7 +120,7 @@ def _tile_channels(values: torch.Tensor) -> torch.Tensor:
     return values.permute(1, 0, 2).reshape(H, C * W)
 
 
-def colour_values(values: torch.Tensor, diverging: bool = False) -> Tuple[np.ndarray, float]:
+def colormap_rgb(values: torch.Tensor, diverging: bool = False) -> Tuple[np.ndarray, float]:
     """A (C, H, W) map of variances or covariances as an (H, C·W, 3) uint8 picture.
 
     Sequential maps (variance) use viridis on [0, max]; diverging maps (covariance) use
@@ -237,7 +236,7 @@ class _Source:
     def decode(self, z: Optional[torch.Tensor]) -> Distribution:
         if self.model is None:
             return self.fixed
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         z = torch.as_tensor(z, dtype=torch.float32).reshape(1, -1).to(device)
         return _single(self.model.decode(z))
 
@@ -279,7 +278,7 @@ class _Panel:
             self._holding -= 1
 
     def _png(self, image: torch.Tensor, zoom: Optional[int] = None) -> bytes:
-        return png_bytes(to_uint8(image), zoom or self.zoom)
+        return png_bytes(display_array(image), zoom or self.zoom)
 
     def _new_z_button(self, callback: Callable[[], None]) -> List[widgets.Button]:
         """["new z from prior"], or [] for a fixed distribution (no latent to redraw)."""
@@ -586,7 +585,7 @@ class LatentPanel(_Panel):
         """z = posterior mean of q(z | x) for dataset image `index`."""
         x = self._dataset_image(index)
         model = self.source.model
-        device = next(model.parameters()).device
+        device = model_device(model)
         z = model.encode(x[None].to(device)).mean
         self.set_z(z)
         self.input_image = x
@@ -611,7 +610,7 @@ class LatentPanel(_Panel):
         self.current_sample = sample.clamp(0, 1).reshape(self.image_shape)
         self.current_variance = d.variance.reshape(self.image_shape)
         self.images["sample"].value = self._png(self.current_sample)
-        var_rgb, vmax = colour_values(self.current_variance)
+        var_rgb, vmax = colormap_rgb(self.current_variance)
         self.images["variance"].value = png_bytes(var_rgb, self._map_zoom())
         self._caption("variance", "per-pixel variance", f"0 … {vmax:.2g}")
         self.select_pixel(*self.pixel)
@@ -633,11 +632,11 @@ class LatentPanel(_Panel):
         self.pixel = (row, col)
         self.current_covariance = self.distribution.covariance_row(
             self.pixel_index(row, col)).reshape(self.image_shape)
-        cov_rgb, m = colour_values(self.current_covariance, diverging=True)
+        cov_rgb, m = colormap_rgb(self.current_covariance, diverging=True)
         self.images["covariance"].value = png_bytes(cov_rgb, self._map_zoom())
         self._caption("covariance", f"covariance of pixel ({row}, {col})",
                       f"±{m:.2g}: red > 0, white 0, blue < 0")
-        marked = _outline(to_uint8(self.current_image), row, col, self.zoom)
+        marked = _outline(display_array(self.current_image), row, col, self.zoom)
         self.images["mean"].value = png_bytes(marked, 1)
         self._timed(t0)
 
@@ -651,43 +650,6 @@ class LatentPanel(_Panel):
 
 
 # -- 4. editing by conditioning (eqs. 6–7, Fig. 6) ----------------------------------------
-
-def stroke_mask(points: Points, radius: float, height: int, width: int,
-                chunk: int = 64) -> torch.Tensor:
-    """Pixels painted by a brush of `radius` along the polyline through `points`.
-
-    points: (row, col) in image pixel units, pixel (r, c) covering [r, r+1) × [c, c+1);
-    a pixel is painted when its centre lies within `radius` of the polyline, and the pixel
-    under each point always is, so that a thin brush still leaves a mark. Returns a bool
-    (H, W) mask. Work is bounded to the strokes' bounding box, a chunk of segments at a
-    time. (numpy, not torch: for these tiny arrays torch's per-call overhead dominated.)
-    """
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    mask = np.zeros((height, width), dtype=bool)
-    if len(pts) == 0:
-        return torch.from_numpy(mask)
-    starts = pts[:-1] if len(pts) > 1 else pts
-    ends = pts[1:] if len(pts) > 1 else pts
-    for i in range(0, len(starts), chunk):
-        a, b = starts[i:i + chunk], ends[i:i + chunk]
-        lo = np.floor(np.minimum(a, b).min(0) - radius - 1).astype(int).clip(0)
-        hi = np.ceil(np.maximum(a, b).max(0) + radius + 1).astype(int)
-        r0, c0 = lo
-        r1, c1 = min(hi[0], height), min(hi[1], width)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        rows, cols = np.meshgrid(np.arange(r0, r1) + 0.5, np.arange(c0, c1) + 0.5, indexing="ij")
-        centres = np.stack([rows, cols], -1).reshape(-1, 1, 2)
-        ab = b - a
-        t = ((centres - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12)
-        nearest = a + t.clip(0, 1)[..., None] * ab
-        near = ((centres - nearest) ** 2).sum(-1).min(1) <= radius ** 2
-        mask[r0:r1, c0:c1] |= near.reshape(r1 - r0, c1 - c0)
-    inside = (pts[:, 0] >= 0) & (pts[:, 0] < height) & (pts[:, 1] >= 0) & (pts[:, 1] < width)
-    under = np.floor(pts[inside]).astype(int)
-    mask[under[:, 0], under[:, 1]] = True
-    return torch.from_numpy(mask)
-
 
 class EditPanel(_Panel):
     """Paint on the image; see the conditional mean given every stroke so far (eqs. 6–7).

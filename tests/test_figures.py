@@ -108,35 +108,6 @@ def test_component_sweep_at_scale_one_is_the_sample(model):
     torch.testing.assert_close(sweep[1, 1].flatten(), want, atol=1e-5, rtol=1e-4)
 
 
-def test_floor_scales_follows_the_papers_rule():
-    got = figures.floor_scales(torch.tensor([-5.0, -0.02, -0.0, 0.0, 0.01, 0.03, 0.5]))
-    assert got.tolist() == pytest.approx([-5.0, -0.03, 0.03, 0.03, 0.03, 0.03, 0.5])
-    assert figures.floor_scales(0.0) == figures.COMPONENT_FLOOR and figures.floor_scales(-0.01) == -0.03
-    assert figures.floor_scales(0.5) == 0.5
-
-
-def test_edit_sequence_is_the_conditional_mean(model):
-    shape = (3, 12, 10)
-    torch.manual_seed(0)
-    m = VAE(shape, "sos", channels=(8, 16), blocks=1, latent_dim=4, rank=3).eval()
-    z = torch.randn(1, 4)
-    out = figures.edit_sequence(m, z, ["hair", "skin"], sequential=True)
-    obs = m.decode(z)
-    mask = figures.stroke_mask(shape, *figures.FACE_EDITS["hair"]["stroke"]) | \
-        figures.stroke_mask(shape, *figures.FACE_EDITS["skin"]["stroke"])
-    assert torch.equal(out["edited"][-1][mask], out["conditional"][-1][mask])
-    values = out["edited"][-1][mask][None]
-    torch.testing.assert_close(out["conditional"][-1].flatten(), obs.conditional_mean(mask, values)[0])
-    # colours are per channel for RGB, luminance for gray
-    hair = figures.stroke_mask(shape, *figures.FACE_EDITS["hair"]["stroke"])
-    assert torch.allclose(out["edited"][0][0][hair[0]], torch.tensor(0.85))
-
-
-def test_stroke_mask_covers_the_segment():
-    m = figures.stroke_mask((1, 20, 20), 0.5, 0.1, 0.5, 0.9, width=0.05)
-    assert m[0, 10, 2:17].all() and not m[0, 0].any() and m.dtype == torch.bool
-
-
 def test_pca_comparison_on_exactly_low_rank_data():
     g = torch.Generator().manual_seed(0)
     basis = torch.randn(30, 2, generator=g)

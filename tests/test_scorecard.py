@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sosvae_core import figures, scorecard as sc
+from sosvae_core import editing, figures, scorecard as sc
 from sosvae_core.observations import LowRankNormal
 
 C, H, W = 1, 12, 10
@@ -190,7 +190,7 @@ def test_scaled_edit_equals_the_conditional_mean_of_the_scaled_distribution():
     model = Fixed()
     table = {"dot": dict(stroke=(0.5, 0.5, 0.5, 0.5), colour=(0.1, 0.2, 0.9), width=0.01)}
     z = torch.randn(1, 3, dtype=torch.float64)
-    out = figures.edit_sequence(model, z, ["dot"], edit_table=table, component_scale=0.03)
+    out = editing.edit_sequence(model, z, ["dot"], edit_table=table, component_scale=0.03)
     obs = model.decode(z)
     mu, P = obs.loc[0], 0.03 * obs.cov_factor[0]
     sigma = P @ P.T + 1e-5 * torch.eye(P.shape[0], dtype=torch.float64)

@@ -15,10 +15,9 @@ from torch import nn
 from sosvae_core.observations import DiagonalNormal, LowRankNormal
 from sosvae_core.slerp import slerp
 from sosvae_core.networks import VAE
-from sosvae_core.figures import PAPER_EDIT_SCALE
-from sosvae_core.widgets import (ComponentPanel, EditPanel, LatentPanel, SlerpPanel,
-                                 colour_to_values, event_xy, measure_latency, png_bytes,
-                                 stroke_mask, to_uint8)
+from sosvae_core.editing import PAPER_EDIT_SCALE, colour_to_values, stroke_mask
+from sosvae_core.widgets import (ComponentPanel, EditPanel, LatentPanel, SlerpPanel, display_array, event_xy,
+                                 measure_latency, png_bytes)
 
 ATOL = 1e-5
 
@@ -103,7 +102,7 @@ def test_component_panel_on_a_model_and_its_png():
     png = np.array(PILImage.open(io.BytesIO(bytes(panel.image.value))))
     z = panel.zoom
     assert png.shape == (7 * z, 6 * z)
-    assert np.array_equal(png, np.kron(to_uint8(panel.current_image), np.ones((z, z), np.uint8)))
+    assert np.array_equal(png, np.kron(display_array(panel.current_image), np.ones((z, z), np.uint8)))
     z_before = panel.z.clone()
     panel.new_z_button.click()
     assert not torch.equal(z_before, panel.z)
@@ -207,23 +206,6 @@ def test_panels_refuse_a_model_without_an_unbatched_form():
 
 
 # -- 4. editing ---------------------------------------------------------------------------
-
-def test_stroke_mask_geometry():
-    one = stroke_mask([(2.5, 3.5)], 0.4, 6, 5)
-    assert one.sum() == 1 and one[2, 3]
-    line = stroke_mask([(1.5, 0.2), (1.5, 4.8)], 0.5, 6, 5)
-    assert line[1].all() and line.sum() == 5
-    disc = stroke_mask([(3.0, 3.0)], 1.0, 6, 6)  # centres (2.5|3.5, 2.5|3.5) are at 0.71
-    assert disc.sum() == 4
-    assert stroke_mask([(-5.0, -5.0)], 1.0, 6, 5).sum() == 0
-
-
-def test_colour_to_values():
-    assert torch.allclose(colour_to_values("#ff0000", 3), torch.tensor([1.0, 0.0, 0.0]))
-    assert torch.allclose(colour_to_values("#ff0000", 1), torch.tensor([0.299]))
-    assert torch.allclose(colour_to_values("white", 1), torch.tensor([1.0]))
-    assert torch.allclose(colour_to_values((0.0, 1.0, 0.0), 1), torch.tensor([0.587]))
-
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_edit_strokes_accumulate_undo_and_reset(shape):
