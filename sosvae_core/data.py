@@ -527,8 +527,8 @@ def take(images: torch.Tensor, index: torch.Tensor | Sequence[int]) -> torch.Ten
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float images -> float32 unchanged in value."""
     if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    return x.to(torch.float32)
+        return x.float().div_(255.0)
+    return x.float()
 
 
 class ImageTensorDataset(Dataset):

@@ -39,6 +39,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .configs import Config
+from .data import to_float
 from .networks import build_model
 from .observations import CapacitanceError, get_observation_model
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
@@ -261,8 +262,7 @@ class Trainer:
     # -- one step --------------------------------------------------------------------
 
     def _batch(self, idx: torch.Tensor, flip: bool) -> torch.Tensor:
-        x = self.train_set.images[idx]
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = to_float(self.train_set.images[idx])
         if flip:  # random horizontal flip, from the trainer's own generator (exact resume);
             # drawn for the global batch, this rank's rows (as the noise in ObjectiveTerms)
             mask = torch.rand(len(idx) * self.world, generator=self.flip_gen)[self.rank::self.world] < 0.5
@@ -334,8 +334,7 @@ class Trainer:
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.cfg.seed + 2)
             for start in range(0, n, self.cfg.batch_size):
-                x = dataset.images[start:start + self.cfg.batch_size]
-                x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(self.device)
+                x = to_float(dataset.images[start:start + self.cfg.batch_size]).to(self.device)
                 nll, kl, _, obs = self.terms(x, self.plain_terms)
                 nll_sum += float(nll.sum())
                 kl_sum += float(kl.sum()) if kl is not None else float("nan")

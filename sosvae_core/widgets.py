@@ -44,6 +44,7 @@ from PIL import Image as PILImage
 
 from .observations import LowRankNormal, ObservationDistribution
 from .slerp import slerp
+from .data import to_float
 from .editing import COMPONENT_FLOOR, PAPER_EDIT_SCALE, colour_to_values, floor_scales, stroke_mask
 from .networks import model_device
 
@@ -572,8 +573,7 @@ class LatentPanel(_Panel):
         item = self.dataset[index]
         if isinstance(item, (tuple, list)):
             item = item[0]
-        item = torch.as_tensor(item)
-        return item.float() / 255 if item.dtype == torch.uint8 else item.float()
+        return to_float(torch.as_tensor(item))
 
     def sample_prior(self) -> None:
         self.set_z(self.source.prior_z(self.generator))

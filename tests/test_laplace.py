@@ -8,7 +8,6 @@ from torch.distributions import Laplace, Normal
 
 from sosvae_core import figures
 from sosvae_core.configs import get_config
-from sosvae_core.data import load_splits
 from sosvae_core.observations import DiagonalLaplace, LaplaceHead
 from sosvae_core.train import Trainer
 
@@ -85,10 +84,9 @@ def test_bad_noise_is_rejected():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, lfw):
     cfg = get_config("lfw", "smoke", model="laplace", epochs=4, pretrain_epochs=1)
-    data = load_splits("lfw", n_images=200, seed=42, progress=False)
-    return Trainer(cfg, tmp_path_factory.mktemp("laplace"), datasets=data, progress=False,
+    return Trainer(cfg, tmp_path_factory.mktemp("laplace"), datasets=lfw, progress=False,
                    tensorboard=False).fit().eval()
 
 

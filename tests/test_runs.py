@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from sosvae_core.configs import get_config
-from sosvae_core.data import load_splits
 from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
 from sosvae_core.train import Trainer
-
-
-@pytest.fixture(scope="module")
-def lfw():
-    return load_splits("lfw", n_images=200, seed=42, progress=False)
 
 
 def smoke(model, **kw):

@@ -6,15 +6,10 @@ import torch
 
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
-from sosvae_core.data import load_splits, synthetic_lowrank_dataset
+from sosvae_core.data import synthetic_lowrank_dataset
 from sosvae_core.observations import REGISTRY
 from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
 from sosvae_core.train import Trainer, TrainingDiverged, epoch_line
-
-
-@pytest.fixture(scope="module")
-def lfw():
-    return load_splits("lfw", n_images=200, seed=42, progress=False)
 
 
 def epochs_log(run_dir):
