@@ -351,6 +351,19 @@ def plot_training_curves(runs: Dict[str, Path], targets: Optional[Dict[str, floa
     return fig
 
 
+def plot_variance_during_training(run_dirs: Dict[str, Path], title: str = ""):
+    """App. A: the average per-pixel variance of the training batches against the step, one line
+    per run, on a log scale."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, run_dir in run_dirs.items():
+        m = read_metrics(run_dir)
+        ax.plot(m["step"], m["mean_variance"], label=name)
+    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("mean pixel variance"), ax.legend()
+    ax.set_title(title, fontsize=8)
+    return fig
+
+
 def plot_fid_table(rows: List[dict], title: str = ""):
     """Bars of FID for means and samples per (dataset, model), with the paper's where known."""
     import matplotlib.pyplot as plt

@@ -128,3 +128,14 @@ def test_record_merges_json_atomically(tmp_path):
     data = figures.record(tmp_path, b=2.5)
     assert data == {"a": 1, "b": 2.5}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_variance_during_training_draws_each_runs_log(tmp_path):
+    for name, scale in (("a", 1.0), ("b", 10.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics_steps.csv").write_text(
+            "step,mean_variance\n" + "".join(f"{i},{scale * (i + 1)}\n" for i in range(4)))
+    fig = figures.plot_variance_during_training({"a": tmp_path / "a", "b": tmp_path / "b"}, "t")
+    lines = fig.axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == ["a", "b"] and fig.axes[0].get_yscale() == "log"
+    assert list(lines[1].get_ydata()) == [10.0, 20.0, 30.0, 40.0]

@@ -32,6 +32,14 @@ def test_notebooks_are_committed_without_outputs_and_take_parameters():
         assert nb.cells[0].cell_type == "markdown", f"{path.name} must open with its text"
 
 
+def test_notebooks_call_the_package_for_plots_and_timings():
+    """A notebook is narrative plus calls into the core: plotting and timing live in the package."""
+    for path in ALL:
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        for banned in ("plt.", "import matplotlib", "perf_counter", "import time", "from time "):
+            assert banned not in code, f"{path.name} holds {banned!r}; move that code into sosvae_core"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("notebooks")
