@@ -70,11 +70,10 @@ def cmd_train(args) -> int:
 
 def cmd_pack(args) -> int:
     from .configs import get_config
-    from .data import pack_dataset
+    from .data import dataset_args, pack_dataset
 
     cfg = get_config(args.config, args.profile, **_parse_overrides(args.set))
-    out = pack_dataset(cfg.dataset, args.out, data_root=args.data_root, n_images=cfg.n_images,
-                       seed=cfg.split_seed, image_size=cfg.image_size)
+    out = pack_dataset(out=args.out, data_root=args.data_root, **dataset_args(cfg))
     print(f"packed {cfg.dataset} ({cfg.n_images} images, seed {cfg.split_seed}) into {out} "
           f"({out.stat().st_size / 2**20:.1f} MiB); use it as --data-root")
     return 0

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .configs import Config, get_config
-from .data import load_splits, resolve_data_root
+from .data import dataset_args, load_splits, resolve_data_root
 from .figures import record, save_figure
 from .paths import ENV_DATA_ROOT, cache_root, runs_root
 from .runs import get_or_train
@@ -46,8 +46,7 @@ class NotebookContext:
         dataset = dataset or self.dataset
         if dataset not in self._splits:
             cfg = self.config("sos", dataset)
-            self._splits[dataset] = load_splits(cfg.dataset, data_root=self.data_root, n_images=cfg.n_images,
-                                                seed=cfg.split_seed, image_size=cfg.image_size,
+            self._splits[dataset] = load_splits(**dataset_args(cfg), data_root=self.data_root,
                                                 cache_dir=self.cache_dir, progress=False)
         return self._splits[dataset]
 

@@ -46,15 +46,14 @@ def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, 
     """Reference statistics of the images a config trains on (its whole seeded subset,
     at its transform and size), cached under ``cache_dir`` (default: `paths.cache_root`).
     Uses min(n, number of images) images; the number used is returned."""
-    from .data import load_dataset
+    from .data import dataset_args, load_dataset
 
     key = {"dataset": cfg.dataset, "image_size": list(cfg.image_size) if cfg.image_size else None,
            "n_images": cfg.n_images, "split_seed": cfg.split_seed, "split": "all"}
     cache = cache_root(cache_dir)
 
     def batches():
-        data = load_dataset(cfg.dataset, data_root=data_root, split="all", n_images=cfg.n_images,
-                            seed=cfg.split_seed, image_size=cfg.image_size, cache_dir=cache,
+        data = load_dataset(**dataset_args(cfg), data_root=data_root, split="all", cache_dir=cache,
                             augment=False, progress=progress)
         images = data.images[:n]
         for i in range(0, len(images), extractor.batch_size):
@@ -73,16 +72,15 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
     training codes leave those regions empty or its decoder is unconstrained there. The
     reference is the first N images of the whole subset, so some of the scored images'
     originals can be in it: ``reference_overlap`` counts them."""
-    from .data import load_dataset, load_splits
+    from .data import dataset_args, load_dataset, load_splits
 
     if not getattr(model, "latent_dim", 0):
         raise ValueError(f"the {getattr(model, 'kind', 'given')} model has no encoder, so it has no test codes; "
                          f"use prior codes")
     cfg = model.config
     cache = cache_root(cache_dir)
-    kw = dict(data_root=data_root, n_images=cfg.n_images, seed=cfg.split_seed, image_size=cfg.image_size,
-              cache_dir=cache, progress=progress)
-    test = load_splits(cfg.dataset, augment=False, **kw)["test"]
+    kw = dict(dataset_args(cfg), data_root=data_root, cache_dir=cache, progress=progress)
+    test = load_splits(augment=False, **kw)["test"]
     if len(test) < n:
         raise ValueError(f"the test split of {cfg.dataset} holds {len(test)} images, fewer than n = {n}; "
                          f"pass n ≤ {len(test)}")
@@ -97,7 +95,7 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
         model.train(was_training)
     overlap = None
     if test.files:
-        reference_files = set(load_dataset(cfg.dataset, split="all", augment=False, **kw).files[:n])
+        reference_files = set(load_dataset(split="all", augment=False, **kw).files[:n])
         overlap = len(reference_files.intersection(test.files[:n]))
     return {"codes": codes, "reference_overlap": overlap}
 

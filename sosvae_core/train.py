@@ -148,9 +148,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = select_device(device)
         if datasets is None:
-            from .data import load_splits
-            datasets = load_splits(cfg.dataset, data_root=data_root, n_images=cfg.n_images,
-                                   seed=cfg.split_seed, image_size=cfg.image_size, cache_dir=cache_dir)
+            from .data import dataset_args, load_splits
+            datasets = load_splits(**dataset_args(cfg), data_root=data_root, cache_dir=cache_dir)
         self.train_set, self.val_set = datasets["train"], datasets.get("val")
         self.image_shape = tuple(self.train_set.images.shape[1:])
         self.flip = bool(getattr(self.train_set, "flip", False))

@@ -16,18 +16,19 @@ import torch
 from PIL import Image
 
 import sosvae_core.data as D
-from sosvae_core.data import DataError, load_dataset, load_splits
+from sosvae_core.data import DataError, load_dataset, load_splits, store
+from sosvae_core.paths import ENV_CACHE_DIR, ENV_DATA_ROOT
 
-REAL_ROOT = os.environ.get(D.ENV_DATA_ROOT, "").strip()
+REAL_ROOT = os.environ.get(ENV_DATA_ROOT, "").strip()
 needs_real_data = pytest.mark.skipif(
-    not REAL_ROOT, reason=f"{D.ENV_DATA_ROOT} is not set: real CelebA/brain data unavailable"
+    not REAL_ROOT, reason=f"{ENV_DATA_ROOT} is not set: real CelebA/brain data unavailable"
 )
 
 
 @pytest.fixture(autouse=True)
 def _no_ambient_cache(monkeypatch):
     # A CI-wide cache dir must not receive (or serve) the fake datasets.
-    monkeypatch.delenv(D.ENV_CACHE_DIR, raising=False)
+    monkeypatch.delenv(ENV_CACHE_DIR, raising=False)
 
 
 def write_images(folder: Path, n: int, size=(178, 218), mode="RGB", ext=".jpg", start=1, seed=0) -> list[Path]:
@@ -74,7 +75,7 @@ def test_missing_root_names_path_and_fix(tmp_path):
 
 
 def test_no_root_at_all_for_a_download_dataset(monkeypatch):
-    monkeypatch.delenv(D.ENV_DATA_ROOT, raising=False)
+    monkeypatch.delenv(ENV_DATA_ROOT, raising=False)
     with pytest.raises(DataError, match="needs a data root.*SOSVAE_DATA_ROOT") as exc:
         load_dataset("brain", progress=False)
     one_line(exc)
@@ -183,11 +184,11 @@ def test_celeba_layouts_are_found(tmp_path, layout):
 
 def test_data_root_from_environment(tmp_path, monkeypatch):
     write_images(tmp_path / "celeba" / "img_align_celeba", 3)
-    monkeypatch.setenv(D.ENV_DATA_ROOT, str(tmp_path))
+    monkeypatch.setenv(ENV_DATA_ROOT, str(tmp_path))
     assert D.resolve_data_root() == tmp_path
     assert D.resolve_data_root(tmp_path / "x") == tmp_path / "x"  # explicit wins
     assert len(load_dataset("celeba", split="all", progress=False)) == 3
-    monkeypatch.delenv(D.ENV_DATA_ROOT)
+    monkeypatch.delenv(ENV_DATA_ROOT)
     assert D.resolve_data_root() is None
 
 
@@ -251,13 +252,13 @@ def test_official_partition_is_optional(tmp_path):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = D.decode_images
+    real = store.decode_images
 
     def counting(*args, **kwargs):
         calls.append(len(args[0]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(D, "decode_images", counting)
+    monkeypatch.setattr(store, "decode_images", counting)
     return calls
 
 
@@ -271,7 +272,7 @@ def test_cache_is_written_atomically_and_reused(celeba_root, tmp_path, monkeypat
         replaced.append((src, dst, dst.exists()))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(D.os, "replace", spy_replace)
+    monkeypatch.setattr(os, "replace", spy_replace)
     a = load_splits("celeba64_gray", data_root=celeba_root, n_images=20, cache_dir=cache, progress=False)
     assert count_decodes == [20]
     (src, dst, existed), = replaced
@@ -292,7 +293,7 @@ def test_cache_is_written_atomically_and_reused(celeba_root, tmp_path, monkeypat
 
 
 def test_cache_dir_from_environment(celeba_root, tmp_path, monkeypatch, count_decodes):
-    monkeypatch.setenv(D.ENV_CACHE_DIR, str(tmp_path / "envcache"))
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "envcache"))
     load_dataset("celeba64_gray", data_root=celeba_root, n_images=10, progress=False)
     load_dataset("celeba64_gray", data_root=celeba_root, n_images=10, progress=False)
     assert len(count_decodes) == 1 and len(list((tmp_path / "envcache").glob("*.pt"))) == 1
@@ -329,7 +330,7 @@ def test_failed_cache_write_warns_and_leaves_nothing(celeba_root, tmp_path, monk
     def broken_save(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(D.torch, "save", broken_save)
+    monkeypatch.setattr(torch, "save", broken_save)
     with pytest.warns(UserWarning, match="cannot write cache.*No space left"):
         ds = load_dataset("celeba64_gray", data_root=celeba_root, n_images=5, split="all", cache_dir=cache, progress=False)
     assert len(ds) == 5 and list(cache.iterdir()) == []
@@ -383,7 +384,7 @@ def test_flip_only_with_augment_and_reproducible(celeba_root):
 
 
 def test_lfw_is_the_bundled_default(monkeypatch):
-    monkeypatch.delenv(D.ENV_DATA_ROOT, raising=False)
+    monkeypatch.delenv(ENV_DATA_ROOT, raising=False)
     assert D.find_dataset_dir("lfw") is None
     sp = load_splits("lfw", progress=False)
     # the 100 faces of lfw_subset (its other 100 images are background patches)
@@ -410,8 +411,8 @@ def test_tensor_dataset_helpers():
         D.ImageTensorDataset(torch.zeros(3, 4, 4))
 
 
-def test_synthetic_lowrank_dataset():
-    ds, mu, p = D.synthetic_lowrank_dataset(4000, (1, 6, 5), rank=2, seed=1, noise=0.02)
+def test_synthetic_lowrank_dataset(lowrank_data):
+    ds, mu, p = lowrank_data(4000, (1, 6, 5), rank=2, seed=1, noise=0.02)
     assert ds.images.dtype == torch.float32 and ds.image_shape == (1, 6, 5) and len(ds) == 4000
     assert mu.shape == (30,) and p.shape == (30, 2) and not ds.flip
     x = ds.images.reshape(4000, -1).double()
@@ -419,7 +420,7 @@ def test_synthetic_lowrank_dataset():
     cov = torch.cov(x.T)
     true = p.double() @ p.double().T + 0.02**2 * torch.eye(30, dtype=torch.float64)
     assert (cov - true).abs().max() < 0.15 * true.abs().max()
-    ds2, mu2, p2 = D.synthetic_lowrank_dataset(4000, (1, 6, 5), rank=2, seed=1, noise=0.02)
+    ds2, mu2, p2 = lowrank_data(4000, (1, 6, 5), rank=2, seed=1, noise=0.02)
     assert torch.equal(ds.images, ds2.images) and torch.equal(p, p2)
     item = ds[0]
     item += 1  # items are copies; the backing tensor is untouched
@@ -464,7 +465,7 @@ def test_packed_dataset_gives_the_same_splits(celeba_root, tmp_path):
 
 def test_portraits_are_the_bundled_default_and_deterministic(monkeypatch):
     from sosvae_core import portraits
-    monkeypatch.delenv(D.ENV_DATA_ROOT, raising=False)
+    monkeypatch.delenv(ENV_DATA_ROOT, raising=False)
     a, b = portraits.render(12, seed=3), portraits.render(12, seed=3)
     assert a.dtype == np.uint8 and a.shape == (12, 3, portraits.HEIGHT, portraits.WIDTH)
     assert np.array_equal(a, b) and not np.array_equal(a, portraits.render(12, seed=4))
@@ -479,3 +480,12 @@ def test_portraits_are_the_bundled_default_and_deterministic(monkeypatch):
     # colour images resize through the same path as gray ones
     small = load_dataset("portraits", split="all", n_images=10, image_size=(22, 18), progress=False)
     assert small.image_shape == (3, 22, 18)
+
+
+def test_dataset_args_are_what_a_config_trains_on():
+    from sosvae_core.configs import get_config
+    from sosvae_core.data import dataset_args
+    cfg = get_config("celeba", "quick", n_images=77, split_seed=3)
+    assert dataset_args(cfg) == {"name": "celeba", "n_images": 77, "seed": 3, "image_size": (54, 44)}
+    lfw = load_splits(**dataset_args(get_config("lfw", "smoke")), progress=False)
+    assert [len(lfw[s]) for s in ("train", "val", "test")] == [70, 20, 10]

@@ -84,3 +84,24 @@ def test_the_fid_metric_imports_nothing_of_training_data_or_runs():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = eval(done.stdout.strip())
     assert loaded == ["sosvae_core.fid", "sosvae_core.paths"], loaded
+
+
+def test_the_readmes_layout_lists_every_module_of_the_package():
+    block = (REPO / "README.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
+    listed, folder = set(), ""
+    for line in block.splitlines():
+        m = re.match(r"^( *)(\S+)", line)
+        if not m:
+            continue
+        indent, name = len(m.group(1)), m.group(2)
+        if indent == 2 and name.endswith("/"):
+            folder = name
+        elif indent == 2 and name.endswith(".py"):
+            folder = ""
+            listed.add(name)
+        elif indent == 4 and name.endswith(".py"):
+            listed.add(folder + name)
+    package = REPO / "sosvae_core"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == modules, (sorted(modules - listed), sorted(listed - modules))

@@ -6,7 +6,6 @@ import torch
 
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
-from sosvae_core.data import synthetic_lowrank_dataset
 from sosvae_core.observations import REGISTRY
 from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
 from sosvae_core.train import Trainer, TrainingDiverged, epoch_line
@@ -165,8 +164,8 @@ def principal_angles_deg(A, B):
 
 
 @pytest.mark.parametrize("model", ["distribution", "sos"])
-def test_recovers_the_covariance_subspace_of_low_rank_data(model, tmp_path):
-    ds, mu, P_true = synthetic_lowrank_dataset(600, (1, 8, 8), rank=2, seed=0, noise=0.01, factor_scale=0.2)
+def test_recovers_the_covariance_subspace_of_low_rank_data(model, tmp_path, lowrank_data):
+    ds, mu, P_true = lowrank_data(600, (1, 8, 8), rank=2, seed=0, noise=0.01, factor_scale=0.2)
     data = {"train": ds, "val": None}
     # No entropy target here: with the reference's always-on damping it would pull H up
     # to ξ_H and inflate P past the data's covariance. The VAE gets almost no latent
