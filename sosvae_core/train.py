@@ -261,12 +261,10 @@ class Trainer:
     # -- one step --------------------------------------------------------------------
 
     def _batch(self, idx: torch.Tensor, flip: bool) -> torch.Tensor:
-        x = to_float(self.train_set.images[idx])
-        if flip:  # random horizontal flip, from the trainer's own generator (exact resume);
-            # drawn for the global batch, this rank's rows (as the noise in ObjectiveTerms)
-            mask = torch.rand(len(idx) * self.world, generator=self.flip_gen)[self.rank::self.world] < 0.5
-            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-        x = x.to(self.device, non_blocking=True)
+        # random horizontal flips from the trainer's own generator (exact resume), drawn for
+        # the global batch, this rank's rows (as the noise in ObjectiveTerms)
+        x = self.train_set.get_batch(idx, device=self.device, generator=self.flip_gen, flip=flip,
+                                     shard=(self.rank, self.world))
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def terms(self, x: torch.Tensor, module=None):

@@ -489,3 +489,17 @@ def test_dataset_args_are_what_a_config_trains_on():
     assert dataset_args(cfg) == {"name": "celeba", "n_images": 77, "seed": 3, "image_size": (54, 44)}
     lfw = load_splits(**dataset_args(get_config("lfw", "smoke")), progress=False)
     assert [len(lfw[s]) for s in ("train", "val", "test")] == [70, 20, 10]
+
+
+def test_get_batch_shards_the_global_batchs_flips():
+    """Rank r of `world` processes gets rows r::world of the flips one process draws."""
+    sp = load_splits("lfw", progress=False)
+    train = sp["train"]
+    idx = torch.arange(8)
+    whole = train.get_batch(idx, generator=torch.Generator().manual_seed(5), flip=True)
+    for rank in (0, 1):
+        part = train.get_batch(idx[rank::2], generator=torch.Generator().manual_seed(5), flip=True, shard=(rank, 2))
+        torch.testing.assert_close(part, whole[rank::2], rtol=0, atol=0)
+    plain = train.get_batch(idx, flip=False)
+    torch.testing.assert_close(plain, train.to_float(train.images[:8]), rtol=0, atol=0)
+    assert not torch.equal(whole, plain)  # some of the 8 were flipped

@@ -105,3 +105,23 @@ def test_the_readmes_layout_lists_every_module_of_the_package():
     modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
                if p.name not in ("__init__.py", "__main__.py")}
     assert listed == modules, (sorted(modules - listed), sorted(listed - modules))
+
+
+LIBRARY = ("observations", "networks", "objective", "slerp", "train", "runs", "pool", "data", "portraits",
+           "configs", "fid", "paths")
+PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "authors_figures", "timing", "widgets", "notebook",
+                 "report", "runner")
+
+
+def test_the_library_imports_nothing_of_the_paper_glue_or_the_app():
+    """The likelihood, networks, training, runs, data and the FID metric stand alone; figures,
+    editing, Table 1, the scorecard, the widgets and the runners sit on top of them."""
+    package = REPO / "sosvae_core"
+    top = {p.stem if p.is_file() else p.name for p in package.iterdir()
+           if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p / "__init__.py").exists()}
+    assert top == set(LIBRARY) | set(PAPER_AND_APP), sorted(top ^ (set(LIBRARY) | set(PAPER_AND_APP)))
+    code = ("import sys, importlib\n"
+            f"for m in {LIBRARY!r}: importlib.import_module('sosvae_core.' + m)\n"
+            f"print(sorted(m for m in {PAPER_AND_APP!r} if 'sosvae_core.' + m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -110,17 +110,24 @@ class ImageTensorDataset(Dataset):
         indices: torch.Tensor | Sequence[int],
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
+        flip: bool | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> torch.Tensor:
-        """Gather a float batch (B, C, H, W) without a DataLoader, flipping vectorised.
+        """Gather a float batch (B, C, H, W) without a DataLoader, flipping vectorised: the
+        batch path of the trainer.
 
-        Draws the flips as one ``torch.rand(B)``, so it consumes the RNG differently
-        from ``__getitem__`` (not interchangeable for exact resumption).
+        Draws the flips as one ``torch.rand(B · world)`` and keeps rows ``rank::world`` of it
+        (``shard = (rank, world)``): under data parallelism each process holds those rows of
+        the global batch and flips them as one process would. It consumes the RNG differently
+        from ``__getitem__`` (not interchangeable for exact resumption). ``flip`` defaults to
+        the dataset's own setting.
         """
         idx = torch.as_tensor(indices, dtype=torch.long)
         x = self.to_float(take(self.images, idx), device=device)
-        if self.flip:
+        if self.flip if flip is None else flip:
+            rank, world = shard
             g = generator if generator is not None else self.generator
-            mask = (torch.rand(len(idx), generator=g) < 0.5).to(x.device)
+            mask = (torch.rand(len(idx) * world, generator=g)[rank::world] < 0.5).to(x.device)
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         return x
 
