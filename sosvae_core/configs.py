@@ -192,8 +192,8 @@ PRETRAIN = dict(pretrain_epochs=8, pretrain_min_improvement=0.05)
 # (30 % of the power of sample − mean within 0.05 cycles/pixel of Nyquist, against 1 %
 # with resize; test NLL 619k → 588k); on CelebA resize also lowers the test NLL
 # (4.53M → 4.36M). The paper profile keeps the paper's transposed convolutions.
-# FID at N = 250 keeps both quick runs within their CPU budgets (Inception costs ~0.14 s per
-# image here); comparisons stay at equal N.
+# FID at N = 250 keeps both quick runs within their CPU budgets (Inception features: about 7
+# images/s on a 2-core CPU, benchmarks/bench_fid.py); comparisons stay at equal N.
 # The released variance heads warm up over one epoch (release_warmup_epochs). Adam's first
 # update of a parameter is ±lr whatever its gradient, so at the quick profile's 10× learning
 # rate a head released at full rate moves all 25 components by the same step, in the sign

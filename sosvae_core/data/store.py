@@ -68,7 +68,8 @@ def _cache_key(spec: DatasetSpec, image_size, files: list[tuple[str, int]], n_im
 
 
 def _checksum(images: torch.Tensor) -> int:
-    # torch.load does not notice flipped bytes inside a tensor; a crc32 does (~0.2 s/GB).
+    # torch.load does not notice flipped bytes inside a tensor; a crc32 does, in about half the
+    # time the read takes (benchmarks/bench_data.py).
     return zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))
 
 

@@ -121,8 +121,8 @@ class SparsePrecisionNormal(ObservationDistribution):
     batch_shape is (B,), event_shape is (S,).
     """
 
-    # exact per-pixel variance needs a selected inversion (~6 ms per 64×64 image): the
-    # trainer does not log it every step
+    # exact per-pixel variance needs a selected inversion, ten times the cost of log_prob with
+    # its backward pass (benchmarks/bench_dorta.py): the trainer does not log it every step
     variance_is_expensive = True
     # arguments are checked by hand below, to give one-line messages
 
