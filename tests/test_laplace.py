@@ -8,7 +8,7 @@ from torch.distributions import Laplace, Normal
 
 from sosvae_core import figures
 from sosvae_core.configs import get_config
-from sosvae_core.observations import DiagonalLaplace, LaplaceHead
+from sosvae_core.observations.laplace import DiagonalLaplace, LaplaceHead
 from sosvae_core.train import Trainer
 
 DT = torch.float64

@@ -8,19 +8,25 @@
 
 `REGISTRY` maps each config `model` name to its `ObservationModel`: the head, the label
 and which bounds apply. To add a model, write one module with its distribution (a
-subclass of `base.ObservationDistribution`), its head and its `ObservationModel`, and
-add that to the tuple below.
+subclass of `base.ObservationDistribution`), its head and its `ObservationModel`, import
+the module below and add its `ObservationModel` to `REGISTRY`, one line.
 """
 from __future__ import annotations
 
+from . import diagonal, dorta, laplace, lowrank
 from .base import ObservationDistribution, ObservationModel
-from .diagonal import BETA, DiagonalHead, DiagonalNormal, PixelIndependent
-from .dorta import DORTA, SparsePrecisionHead, SparsePrecisionNormal
-from .laplace import LAPLACE, DiagonalLaplace, LaplaceHead
-from .lowrank import (DISTRIBUTION, SOS, SOS_LEARNED_DIAG, CapacitanceError, DistributionOnly, LowRankHead,
-                      LowRankNormal)
+from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
+from .dorta import SparsePrecisionHead, SparsePrecisionNormal
+from .lowrank import CapacitanceError, DistributionOnly, LowRankHead, LowRankNormal
 
-REGISTRY = {m.name: m for m in (SOS, BETA, DORTA, DISTRIBUTION, SOS_LEARNED_DIAG, LAPLACE)}
+REGISTRY = {m.name: m for m in (
+    lowrank.SOS,
+    diagonal.BETA,
+    dorta.DORTA,
+    lowrank.DISTRIBUTION,
+    lowrank.SOS_LEARNED_DIAG,
+    laplace.LAPLACE,
+)}
 
 
 def get_observation_model(name: str) -> ObservationModel:
@@ -40,5 +46,4 @@ __all__ = [
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",
     "SparsePrecisionNormal", "SparsePrecisionHead",
-    "DiagonalLaplace", "LaplaceHead",
 ]
