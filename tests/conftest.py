@@ -73,3 +73,17 @@ def synthetic_lowrank_dataset(
 def lowrank_data():
     """`synthetic_lowrank_dataset`, for tests that need images of a known covariance."""
     return synthetic_lowrank_dataset
+
+
+@pytest.fixture
+def no_ambient_cache(monkeypatch):
+    """For the data tests: a CI-wide cache dir must not receive (or serve) the fake datasets."""
+    monkeypatch.delenv(ENV_CACHE_DIR, raising=False)
+
+
+@pytest.fixture
+def celeba_root(tmp_path):
+    """A data root holding 40 fake aligned-CelebA JPEGs (178×218) in img_align_celeba/."""
+    from data_fakes import write_images
+    write_images(tmp_path / "img_align_celeba", 40)
+    return tmp_path
