@@ -11,10 +11,10 @@ stamp=".install-stamp"  # git-ignored: the Python, pyproject.toml and constraint
 want="$(command -v python3) $(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "${1:-}" != "--force" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
         && (cd / && python3 -c "import sosvae_core") 2>/dev/null; then
-    echo "sosvae is installed and pyproject.toml and constraints.txt are unchanged: not reinstalling (bash install.sh --force does)"
+    echo "sosvae-core is installed and pyproject.toml and constraints.txt are unchanged: not reinstalling (bash install.sh --force does)"
     exit 0
 fi
-echo "installing sosvae and the dependency versions CI tests (pip install -e \".[all]\" -c constraints.txt) ..."
+echo "installing sosvae-core and the dependency versions CI tests (pip install -e \".[all]\" -c constraints.txt) ..."
 if [ -n "${SOSVAE_PIP:-}" ]; then
     bash -c "$SOSVAE_PIP"
 else
