@@ -54,13 +54,23 @@ def flat_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
 class ObservationDistribution(Distribution):
     """Base of the observation distributions over flattened images (..., S).
 
-    Subclasses implement `rsample(sample_shape, omega_p, omega_d)`, `log_prob`, `entropy`,
-    `mean`, `variance`, `covariance_row(i)`, `conditional_mean(mask, values)` and `first()`.
+    Subclasses set `loc` (μ, the mean and mode) and implement `rsample(sample_shape, omega_p,
+    omega_d)`, `log_prob`, `entropy`, `variance`, `covariance_row(i)`,
+    `conditional_mean(mask, values)` and `first()`.
     """
 
     arg_constraints = {}
     support = constraints.real_vector
     has_rsample = True
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """μ: every observation model here is symmetric about its location."""
+        return self.loc
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.loc
 
     @property
     def noise_rank(self) -> int:

@@ -43,14 +43,6 @@ class PixelIndependent(ObservationDistribution):
                 raise ValueError("variance must be strictly positive; parameterise it as exp(·)")
 
     @property
-    def mean(self) -> torch.Tensor:
-        return self.loc
-
-    @property
-    def mode(self) -> torch.Tensor:
-        return self.loc
-
-    @property
     def variance(self) -> torch.Tensor:
         return self._variance
 

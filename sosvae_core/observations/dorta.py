@@ -305,14 +305,6 @@ class SparsePrecisionNormal(ObservationDistribution):
 
     # -- the distribution interface ---------------------------------------------------------
 
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.loc
-
-    @property
-    def mode(self) -> torch.Tensor:
-        return self.loc
-
     def log_det_precision(self) -> torch.Tensor:
         """log|Λ| = 2 Σ_i log L[i, i], shape (B,)."""
         return 2 * self.log_diag.sum(-1)

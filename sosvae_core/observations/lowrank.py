@@ -266,14 +266,6 @@ class LowRankNormal(ObservationDistribution):
     # -- moments and sampling (eq. 4) ------------------------------------------------------
 
     @property
-    def mean(self) -> torch.Tensor:
-        return self.loc
-
-    @property
-    def mode(self) -> torch.Tensor:
-        return self.loc
-
-    @property
     def variance(self) -> torch.Tensor:
         """Per-pixel variance diag(Σ) = Σ_r P_{ir}² + D_i."""
         return self.cov_factor.pow(2).sum(-1) + self._diag_tensor()
