@@ -11,26 +11,14 @@ Both run with argument validation off, so the comparison is of the math alone.
 """
 import argparse
 import os
-import statistics
-import time
 
 import torch
 from torch.distributions import LowRankMultivariateNormal
 
 from sosvae_core.observations import LowRankNormal
+from sosvae_core.timing import median_seconds
 
 EPS = 1e-5
-
-
-def timed(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_log_prob(S, R, B, repeats, device):
@@ -54,7 +42,7 @@ def bench_log_prob(S, R, B, repeats, device):
         return loss.detach()
 
     a, b = ours(), theirs()
-    t_ours, t_torch = timed(ours, repeats), timed(theirs, repeats)
+    t_ours, t_torch = median_seconds(ours, repeats), median_seconds(theirs, repeats)
     with torch.no_grad():  # float64 reference (the formula is tested against dense MVN)
         d64 = LowRankNormal(loc.detach().double(), P.detach().double(), EPS)
         ref = float(-(d64.log_prob(x.double()) + d64.entropy()).sum())
@@ -89,8 +77,8 @@ def bench_conditional_mean(S, R, ks, repeats, device):
                 out[e] = values[0]
                 return out
 
-        t_ours = timed(ours, repeats)
-        t_dense = timed(dense, max(1, repeats if k <= 1000 else 1), warmup=0 if k > 1000 else 1)
+        t_ours = median_seconds(ours, repeats)
+        t_dense = median_seconds(dense, max(1, repeats if k <= 1000 else 1), warmup=0 if k > 1000 else 1)
         err = float((ours()[0] - dense()).abs().max())
         rows.append((k, t_ours, t_dense, err))
     return rows

@@ -14,9 +14,10 @@ import torch
 from .networks import model_device
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    """The median wall time of `fn()` over `repeats` calls, after one untimed warm-up call."""
-    fn()
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """The median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
