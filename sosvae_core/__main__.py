@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--codes", default="prior", choices=["prior", "test"],
                    help="decode z from the prior (Table 1), or the posterior means of the first N test images, "
                         "which separates decoding real images' codes from decoding prior codes")
+    f.add_argument("--extrapolate", action="store_true",
+                   help="also FID∞: FID over subsets of the N images, extrapolated to N = ∞ (Chong & Forsyth 2020)")
     f.add_argument("--data-root", help="dataset folder for the reference statistics")
     f.add_argument("--weights", help="Inception weights file (default: $SOSVAE_FID_WEIGHTS, then the search order)")
     f.add_argument("--device", default="auto")

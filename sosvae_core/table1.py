@@ -101,8 +101,8 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
 
 
 def fid_cli(args) -> int:
-    """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples] [--codes prior|test]`:
-    prints one JSON line."""
+    """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples] [--codes prior|test]
+    [--extrapolate]`: prints one JSON line."""
     import json
 
     from .runs import load_run
@@ -117,7 +117,8 @@ def fid_cli(args) -> int:
     if args.codes == "test":
         extra = posterior_codes(model, n, data_root=args.data_root, cache_dir=args.cache_dir)
         codes = extra.pop("codes")
-    result = fid_of_model(model, reference, n, what=args.what, extractor=extractor, codes=codes)
+    result = fid_of_model(model, reference, n, what=args.what, extractor=extractor, codes=codes,
+                          extrapolate=args.extrapolate)
     result.update(codes=args.codes, **extra)
     result.update(run=str(args.run), model=cfg.model, dataset=cfg.dataset, profile=cfg.profile)
     if n < PAPER_N:

@@ -320,6 +320,50 @@ def test_frechet_distance_of_statistics_that_differ_in_shape_is_an_error():
         fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+def test_fid_infinity_removes_the_small_n_bias_of_gaussian_features():
+    """Features drawn from N(mu1, sigma1) against exact reference statistics: the true FID is
+    frechet_distance(mu1, sigma1, mu2, sigma2). FID of N draws is biased upward by ~k/N; where
+    N ≫ the feature dimension (here 100–800 draws of 16 features), the extrapolation's
+    intercept removes most of that bias (measured: 0.097 → 0.010, truth 0.109)."""
+    rng = np.random.default_rng(3)
+    d = 16
+    mu1 = rng.normal(size=d) * 0.3
+    mu2 = mu1 + rng.normal(size=d) * 0.1
+    a, b = rng.normal(size=(d, d)) / np.sqrt(d), rng.normal(size=(d, d)) / np.sqrt(d)
+    sigma1 = a @ a.T + 0.05 * np.eye(d)
+    sigma2 = sigma1 + 0.02 * b @ b.T
+    truth = fid.frechet_distance(mu1, sigma1, mu2, sigma2)
+    errors_n, errors_inf = [], []
+    for seed in range(8):
+        act = np.random.default_rng(10 + seed).multivariate_normal(mu1, sigma1, size=800)
+        result = fid.fid_infinity(act, (mu2, sigma2), repeats=5, seed=seed)
+        assert result["n"] == 800 and result["ns"] == [100, 200, 300, 400, 500, 600, 700, 800]
+        assert result["fids"][0] > result["fids"][-1] and result["slope"] > 0  # the bias falls with N
+        errors_n.append(result["fids"][-1] - truth)
+        errors_inf.append(result["fid_inf"] - truth)
+    bias = np.mean(errors_n)
+    assert bias > 0.5 * truth  # the case has a bias worth removing
+    assert abs(np.mean(errors_inf)) < 0.25 * bias, (bias, errors_inf)
+
+
+def test_fid_infinity_needs_two_subset_sizes_and_matches_frechet_distance():
+    rng = np.random.default_rng(0)
+    act = rng.normal(size=(20, 4))
+    reference = (np.zeros(4), np.eye(4))
+    for ns in ([10], [1, 10], [10, 21]):
+        with pytest.raises(ValueError, match="at least two subset sizes"):
+            fid.fid_infinity(act, reference, ns=ns)
+    with pytest.raises(ValueError, match="same extractor"):
+        fid.fid_infinity(act, (np.zeros(5), np.eye(5)))
+    # the whole set's FID is frechet_distance's, with more images than features and fewer
+    for act, d in ((act, 4), (rng.normal(size=(10, 16)), 16)):
+        b = rng.normal(size=(d, d))
+        reference = (rng.normal(size=d), b @ b.T / d)
+        result = fid.fid_infinity(act, reference, ns=[5, len(act)], repeats=2)
+        full = fid.frechet_distance(act.mean(0), np.cov(act, rowvar=False), *reference)
+        assert result["ns"] == [5, len(act)] and result["fids"][1] == pytest.approx(full, rel=1e-7)
+
+
 @pytest.mark.slow
 def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
     model = FakeSOSModel()

@@ -1,6 +1,7 @@
 """Table 1 for trained runs: the paper's values, the formatting, test codes and the fid command."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ def test_posterior_codes_needs_an_encoder():
         table1.posterior_codes(DistributionOnly((1, 8, 8), rank=2), 4)
 
 
-def test_fid_cli_on_a_trained_run(tmp_path, capsys):
+def test_fid_cli_on_a_trained_run(tmp_path, capsys, monkeypatch):
     """`python -m sosvae_core fid --run RUN`: one JSON line with the number and its protocol."""
     import json
 
@@ -34,6 +35,20 @@ def test_fid_cli_on_a_trained_run(tmp_path, capsys):
     assert "biased upward" in result["note"]
     assert result["codes"] == "prior"
     assert list((tmp_path / "cache" / "fid").glob("*.npz")), "reference statistics were not cached"
+    assert "fid_inf" not in result
+
+    # --extrapolate adds FID∞ from subsets of the same 12 images (two sizes here, to keep the test short)
+    from sosvae_core import fid
+    full_fid, original = result["fid"], fid.fid_infinity
+    monkeypatch.setattr(fid, "fid_infinity", lambda act, reference, seed=0: original(act, reference, ns=[6, 12],
+                                                                                      repeats=1, seed=seed))
+    assert cli(["fid", "--run", str(run), "--n", "12", "--what", "samples", "--cache-dir", str(tmp_path / "cache"),
+                "--device", "cpu", "--batch-size", "12", "--extrapolate"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["fid"] == pytest.approx(full_fid)
+    assert np.isfinite(result["fid_inf"]) and np.isfinite(result["fid_inf_slope"])
+    # the line through (1/6, FID₆) and (1/12, FID₁₂) meets 1/N = 0 at 2·FID₁₂ − FID₆
+    assert result["fid_inf"] == pytest.approx(full_fid - result["fid_inf_slope"] / 12)
 
     # the posterior means of the test images (10 of the smoke subset's 100) instead of the prior
     common = ["--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--batch-size", "8", "--what", "means"]
