@@ -427,6 +427,18 @@ def activation_statistics(
     return act.mean(axis=0), np.cov(act, rowvar=False), act.shape[0]
 
 
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semi-definite matrix (rounding's negative
+    eigenvalues count as 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _sum_of_roots(symmetric: np.ndarray) -> float:
+    """Σᵢ √λᵢ over the eigenvalues λ of a symmetric positive semi-definite matrix: Tr of its square root."""
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(symmetric), 0, None)).sum())
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
@@ -439,11 +451,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"the two feature statistics differ in shape (means {mu1.shape} and {mu2.shape}, "
                          f"covariances {sigma1.shape} and {sigma2.shape}); compute both with the same extractor")
-    w, v = np.linalg.eigh(sigma1)
-    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root = _psd_sqrt(sigma1)
     inner = root @ sigma2 @ root
-    lam = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt = np.sqrt(np.clip(lam, 0, None)).sum()
+    trace_sqrt = _sum_of_roots((inner + inner.T) / 2)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
@@ -478,20 +488,18 @@ def fid_infinity(
     if mu_ref.shape != act.shape[1:]:
         raise ValueError(f"the activations have {act.shape[1:]} features and the reference {mu_ref.shape}; "
                          f"compute both with the same extractor")
-    w, v = np.linalg.eigh(sigma_ref)
-    root_ref = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root_ref, trace_ref = _psd_sqrt(sigma_ref), np.trace(sigma_ref)
 
     def fid_of(x: np.ndarray) -> float:
         # frechet_distance with the reference's root taken once: the eigenvalues of
         # A sigma A (A = sigma_ref^(1/2), sigma = XᵀX/(n-1)) are those of the smaller of
         # (XA)(XA)ᵀ and (XA)ᵀ(XA), over n - 1.
         mu = x.mean(axis=0)
-        xa = (x - mu) @ root_ref / np.sqrt(x.shape[0] - 1)
-        gram = xa @ xa.T if xa.shape[0] < xa.shape[1] else xa.T @ xa
-        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+        centred = (x - mu) / np.sqrt(x.shape[0] - 1)
+        xa = centred @ root_ref
+        trace_sqrt = _sum_of_roots(xa @ xa.T if xa.shape[0] < xa.shape[1] else xa.T @ xa)
         diff = mu - mu_ref
-        trace = ((x - mu) ** 2).sum() / (x.shape[0] - 1)
-        return float(diff @ diff + trace + np.trace(sigma_ref) - 2 * trace_sqrt)
+        return float(diff @ diff + (centred ** 2).sum() + trace_ref - 2 * trace_sqrt)
 
     rng = np.random.default_rng(seed)
     fids = []
