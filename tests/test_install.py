@@ -14,8 +14,11 @@ def checkout(tmp_path):
     """A copy of the scripts, pyproject.toml and constraints.txt, with the install command replaced by a recorder."""
     for name in ("install.sh", "run_all.sh", "test.sh", "pyproject.toml", "constraints.txt"):
         shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "sosvae_core").mkdir()
+    (tmp_path / "sosvae_core" / "__init__.py").write_text("")  # what the recorded install would make importable
     log = tmp_path / "pip-calls"
-    return tmp_path, log, {"SOSVAE_PIP": f"echo install >> '{log}'", "PATH": os.environ["PATH"]}
+    return tmp_path, log, {"SOSVAE_PIP": f"echo install >> '{log}'", "PATH": os.environ["PATH"],
+                           "PYTHONPATH": str(tmp_path)}
 
 
 def run(checkout, *args):
@@ -47,3 +50,14 @@ def test_main_job_and_tests_install_unless_told_not_to(checkout):
     assert run(checkout, "test.sh", "--no-install", "--version")[0] == 0
     assert run(checkout, "run_all.sh", "--help")[0] == 1
     assert run(checkout, "test.sh", "--version")[0] == 1  # current now: not installed twice
+
+
+def test_install_runs_again_when_sosvae_core_comes_from_another_checkout(checkout, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other-checkout")
+    (other / "sosvae_core").mkdir()
+    (other / "sosvae_core" / "__init__.py").write_text("")
+    assert run(checkout, "install.sh")[0] == 1
+    assert run(checkout, "install.sh")[0] == 1  # this checkout's package: skipped
+    checkout[2]["PYTHONPATH"] = str(other)
+    assert run(checkout, "install.sh")[0] == 2  # another checkout's package: installs this one
+    assert run(checkout, "install.sh")[0] == 3
