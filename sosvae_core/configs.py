@@ -178,84 +178,16 @@ class Config:
 RUNTIME_FIELDS = ("amp", "channels_last", "compile", "checkpoint_every", "fid_n")
 
 
-# Mean-only pre-training (Section 3.3) runs until the mean's validation NLL levels off
-# (over 3 epochs it gains < 5 % per epoch of the gain since the first), capped. Once P spans a direction
-# the mean's gradient along it is damped by ε/(s² + ε): what P absorbs early, the mean
-# never learns, so a mean released grey stays grey. On quick CelebA the NLL fell
-# 16.2M → 7.6M over 8 pre-training epochs (one epoch left a grey mean).
+# Mean-only pre-training (Section 3.3) until the mean's validation NLL levels off, at most 8
+# epochs: what P absorbs early, the mean never learns (docs/findings/pretraining.md).
 PRETRAIN = dict(pretrain_epochs=8, pretrain_min_improvement=0.05)
-# small networks for CPU runs: the same blocks, fewer channels. A quick run takes
-# ~900 steps where the paper takes ~28,000, so it uses a 10× learning rate: at the
-# paper's 1e-4 the decoded mean is still a flat grey image after 8 CelebA epochs.
-# The quick decoder upsamples by resize + convolution: with one block per level, the
-# paper's stride-2 transposed convolutions leave a dot grid in P on the brain slices
-# (30 % of the power of sample − mean within 0.05 cycles/pixel of Nyquist, against 1 %
-# with resize; test NLL 619k → 588k); on CelebA resize also lowers the test NLL
-# (4.53M → 4.36M). The paper profile keeps the paper's transposed convolutions.
-# FID at N = 250 keeps both quick runs within their CPU budgets (Inception features: about 7
-# images/s on a 2-core CPU, benchmarks/bench_fid.py); comparisons stay at equal N.
-# The released variance heads warm up over one epoch (release_warmup_epochs). Adam's first
-# update of a parameter is ±lr whatever its gradient, so at the quick profile's 10× learning
-# rate a head released at full rate moves all 25 components by the same step, in the sign
-# pattern of one gradient. Quick brain slices, released at full rate: the per-pixel variance
-# went from 3.5e-8 to 0.021 in 5 steps, half of it in the background, where the data are
-# exactly 0 and the residual is 0.0003; at the end one singular direction of P held 97 % of
-# the variance (s ≈ 11, over the whole slice), and the residuals used it at 0.02–0.08 of its
-# scale. The likelihood's pull on a large singular value is only ~1/s, so it stays. Quick
-# CelebA: the top direction held 59 % of the variance, and claim 5's concentration was 0.28.
-# With the warm-up (the first step moves the heads by lr/56): CelebA top direction 21 %,
-# concentration 0.44 (the authors' figure: 0.47), edits leaving 0.61 (hair) and 0.43
-# (forehead) of the image unchanged; the prior variance is 0.0098 instead of 0.049, which was
-# mostly that one direction.
-# The quick runs keep the paper's two-sided damping, which pulls H up to ξ_H, except on the
-# brain slices. They damp only violated bounds (one_sided_damping): ξ_H is then a bound, as the
-# paper's text puts it ("giving preference to low-variance solutions"). With the 64×64 gray
-# anchor (129 nats above the εI floor at 52×44) pulled up from below, the decoded mean became a
-# grey box (background 0.25 where the data are 0, brain MSE 0.055). One-sided on CelebA, the
-# warmed-up model kept a variance of 0.0027, so CelebA stays two-sided.
-# The quick brain slices' ξ_H is calibrated (BRAIN_QUICK_ENTROPY), as the paper chose its
-# targets: from the entropy of an unconstrained model, then tuned. Under the 64×64 gray anchor
-# the bound never binds (λ_H stays 0) and the entropy settles 116 nats above the εI floor at
-# 52×44. There P keeps variance over the background, where the data are exactly 0 and no image
-# uses it (0.0092 against the brain's 0.0145, claim 5's concentration 0.10), where the authors'
-# ukbb_results.png shows d = 0 outside the brain: such a direction costs only a few nats of
-# log-determinant per image, whose gradient (~1/s) the shared head hardly feels. A binding bound
-# makes wasted entropy cost λ_H per nat. 16-epoch quick brain runs, one thread each, 64 encoded
-# test images (background: the pixels that are 0 in the data), 16 prior codes for claim 5:
-#   budget 90 nats above the floor: λ_H ≈ 800, background variance 0.0034 against the brain's
-#     0.0029, concentration 0.44;
-#   budget 70 nats: λ_H ≈ 1,100, 0.0015 against 0.0023, concentration 0.56 (the authors'
-#     figure: 0.64), the decoded mean's background −0.006, its squared error 0.0098;
-#   budget 45 nats: λ_H ≈ 2,600, concentration 0.40, but the mean's squared error doubles
-#     (0.018): the bound's gradient, through the shared decoder, costs the mean.
-# (With the 16-map head the unconstrained entropy settled 59–64 nats above the floor and the
-# bound used 45.)
+# The quick profile: the paper's blocks with fewer channels, for CPU minutes. Each setting that
+# differs from the paper is listed with its reason and evidence in docs/differences_from_paper.md:
+# a 10× learning rate for ~900 steps, resize upsampling, 64 feature maps for the heads, a one-epoch
+# warm-up of the released variance heads, the paper's latent of 128, FID at N = 250.
+# The quick brain slices' ξ_H: 70 nats above the εI floor, calibrated as the paper chose its
+# targets, from the entropy of a model without a binding bound (docs/findings/brain_entropy_bound.md).
 BRAIN_QUICK_ENTROPY = (52 * 44, floor_entropy(52 * 44, 1e-5) + 70.0)
-# The log-scale diagonal heads keep the network's learning rate (diagonal_lr_factor 1). They
-# start at ε and move their log-variance by at most ~lr per input feature and step, so in the
-# quick run's ~450 released steps the β-VAE's variance only reaches 0.0005 on CelebA against its
-# mean's squared error of 0.025 (the paper's ~25,000 steps × 65 inputs at 1e-4 leave room to
-# spare). Released 10× faster (16 epochs each): CelebA β-VAE variance 0.0081, but its mean's
-# error rose to 0.033; the brain β-VAE collapsed onto its variance (0.046; mean error 0.054,
-# was 0.008; KL 12.4 under ξ_KL = 15, λ_KL = 0), the instability of variance networks the paper
-# cites; the App. A ablation's learned D grew to 0.0135 and P's part fell, its variance to 0.081
-# (0.149 otherwise), which would lower claim 9's ratio. No quick model uses it.
-# The quick runs keep the paper's latent size, 128. With 32, P took over what the latent did
-# not carry: a component of one sign over the whole image dominated the covariance to the
-# centre pixel (claim 5's concentration, bundled portraits 0.07 against 0.53 with 128, measured
-# before the warm-up). Training costs ~20 % more.
-# The quick decoder's last level has 16 channels, but, as in the paper's network (64 → 64), it
-# ends in a 1×1 convolution that gives the observation heads 64 feature maps (head_channels).
-# Each column of P is a combination of the maps the head sees and a constant: with 16 maps for
-# R = 25 the components could not take shapes of their own, and every claim that rests on P's
-# structure suffered. run_all.sh at the quick profile (16 epochs, one thread per run, seed 0),
-# 16 → 64 maps: CelebA's prior variance 0.0109 → 0.0234 (claim 2 asks for ≥ 0.0161), the App. A
-# ablation's 0.133 → 0.910 (claim 9's ratio 12 → 39), claim 5's concentration 0.51 → 0.35; the
-# bundled portraits' 0.0095 → 0.0261 and 0.091 → 0.628 (ratio 9.6 → 24); on the brain slices P's
-# largest direction held 97 % of the variance and now 49 %, the decoded mean's background went
-# from 0.039 to −0.004 (the data are 0), and claim 5's concentration from −0.11 to 0.35.
-# (The pre-training, upsampling, warm-up, damping, diagonal and latent-size measurements above
-# were made with 16 maps, the brain slices' entropy budget with 64.)
 QUICK_NET = dict(channels=(16, 32, 64), head_channels=64, blocks=1, latent_dim=128, lr=1e-3, fid_n=250,
                  upsample="resize", release_warmup_epochs=1, **PRETRAIN)
 # smoke: seconds on a CPU; a 10× learning rate so that P leaves its tiny init in two epochs
@@ -291,7 +223,8 @@ EXPERIMENTS = {
         quick=dict(**QUICK_NET, epochs=16),
         smoke=dict(n_images=60, epochs=3, batch_size=10, **SMOKE_NET),
     ),
-    # bundled too: the 100 gray 25×25 faces of scikit-image's LFW subset (no download). 70 training faces: batch 10, so that an epoch is 7 steps, not 2.
+    # bundled too: the 100 gray 25×25 faces of scikit-image's LFW subset (no download);
+    # 70 training faces, so batch 10 makes an epoch 7 steps, not 2
     "lfw": dict(
         dataset="lfw", target_kl=15.0, target_entropy_at=CELEBA_ENTROPY, n_images=100, fid_n=100,
         paper=dict(epochs=400, batch_size=10, pretrain_epochs=40, pretrain_min_improvement=0.05),
@@ -315,11 +248,9 @@ def get_config(experiment: str, profile: str = "quick", model: str = "sos", **ov
     # as published, with the KL target only; Appendix A's ablation drops it on purpose.
     if not spec.entropy_bound:
         fields["target_entropy_at"] = None
-    # Appendix A keeps "a pre-training phase and weight initialisation" and drops the stabilisers.
-    # The quick profile's gentle release of the variance heads is a stabiliser of ours, not the
-    # paper's, so the ablation releases them at full rate. Quick CelebA, 16 epochs: variance over
-    # 64 prior codes 0.121 released at full rate, 0.0041 warmed up (stabilised model: 0.0098),
-    # measured with the heads seeing 16 feature maps.
+    # Appendix A keeps "a pre-training phase and weight initialisation" and drops the stabilisers;
+    # the quick profile's warm-up is a stabiliser of ours, so the ablation releases at full rate
+    # (docs/findings/appendix_a_ablation.md).
     if not spec.warm_release:
         fields["release_warmup_epochs"] = 0.0
     if not spec.latent:  # e.g. Section 4.5's distribution-only model: no latent, hence no KL target
