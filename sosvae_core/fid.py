@@ -23,7 +23,7 @@ covariance). This module implements the pytorch-fid (0.3.0) protocol:
    :func:`frechet_distance` takes it from the eigenvalues of the symmetric
    ``A sigma2 A`` with ``A = sigma1^(1/2)`` (the same eigenvalues as
    ``sigma1 sigma2``): the same number (tested against pytorch-fid's function),
-   ~5x faster at 2048 features, and exact where the covariances are singular
+   faster (benchmarks/README.md), and exact where the covariances are singular
    (N < 2048), where ``sqrtm`` warns.
 
 Weights. pytorch-fid downloads its weights at run time, which is impossible
@@ -287,8 +287,8 @@ class FeatureExtractor:
 
 
 # Images per Inception forward. On a CPU small batches are faster: one image's
-# activations stay in the cache between layers (batch 5 against 50: ~1.3× alone,
-# ~1.5× for two processes side by side; benchmarks/bench_fid.py). A GPU wants large ones.
+# activations stay in the cache between layers (benchmarks/README.md, "FID"). A GPU
+# wants large ones.
 CPU_BATCH_SIZE = 5
 ACCELERATOR_BATCH_SIZE = 50
 
@@ -337,7 +337,7 @@ def load_feature_extractor(
 
     net.eval()  # the bundled TorchScript module is saved in training mode
     # channels-last convolutions: the same features to float32 rounding (a test checks
-    # 1e-4), ~1.2× faster on a CPU (benchmarks/bench_fid.py)
+    # 1e-4), faster on a CPU (benchmarks/README.md, "FID")
     net = net.to(memory_format=torch.channels_last)
     return FeatureExtractor(backend, str(path), sha256, device, net, batch_size)
 

@@ -2,10 +2,10 @@
 
     train_all(cfgs, runs_dir=..., data_root=..., jobs=2)
 
-The quick networks are small: their convolutions use a second core poorly (one
-training step of quick CelebA takes 1.5× less time on two threads than on one, not
-2×), so on a CPU two runs side by side, one thread each, finish sooner than the same
-two runs one after the other on both cores (`benchmarks/bench_jobs.py` measures it).
+The quick networks are small: their convolutions use a second core poorly, so on a
+CPU two runs side by side, one thread each, finish sooner than the same two runs one
+after the other on both cores (`benchmarks/bench_jobs.py` measures it;
+benchmarks/README.md has the numbers).
 Each job is `python -m sosvae_core train` with its thread count set, so a run trained
 here is the same run folder that the command line and the notebooks find. Runs that
 are already finished are only loaded later; the longest runs start first.

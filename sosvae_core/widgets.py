@@ -75,10 +75,7 @@ def _one_thread(update: Callable) -> Callable:
 
     The work per update is O(S·R) elementwise ops and mat-vecs. Waking torch's intra-op
     threads for them costs more than it saves, and on a busy CPU every wake-up can wait
-    for a scheduler tick. Measured on a loaded 2-core machine with 2 threads against 1:
-    one clamp at S = 3·218·178 took ~20 ms against ~0.01 ms, and even decoding a new z
-    with the default-size network took 1.7 s against 0.05 s at 64×64 and 2.0 s against
-    0.4 s at 218×178. On an idle machine one thread loses little; decoding on a GPU is
+    for a scheduler tick (benchmarks/README.md, "The widgets"). Decoding on a GPU is
     unaffected.
     """
     @functools.wraps(update)

@@ -33,9 +33,8 @@ SPLITS = ("train", "val", "test")
 def take(images: torch.Tensor, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """``images[index]`` along dim 0 as a new tensor.
 
-    On CPU this goes through numpy: torch's index_select on big uint8 image
-    tensors took 5-40 s for 10k CelebA images on the 2-core dev machine,
-    numpy's gather 0.2 s.
+    On CPU this goes through numpy, whose gather of large uint8 image tensors is far
+    faster than torch's index_select (benchmarks/README.md, "Data").
     """
     idx = torch.as_tensor(index, dtype=torch.long)
     if images.device.type == "cpu":
