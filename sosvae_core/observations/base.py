@@ -29,6 +29,31 @@ LOG_2PI = math.log(2 * math.pi)
 HEAD_INIT_STD = 1e-5
 
 
+def check_tensors(**tensors: torch.Tensor) -> None:
+    """The tensor arguments of a distribution: tensors, of one floating dtype, on one device."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}; wrap it with torch.as_tensor(...)")
+    names = " and ".join(tensors)
+    dtypes = [t.dtype for t in tensors.values()]
+    if len(set(dtypes)) > 1 or not dtypes[0].is_floating_point:
+        got = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{names} must share one floating dtype, got {got}; cast them with .to(dtype)")
+    devices = [t.device for t in tensors.values()]
+    if len(set(devices)) > 1:
+        raise ValueError(f"{names} must be on one device, got {', '.join(map(str, devices))}; move them with .to(device)")
+
+
+def broadcast_batch(**batch_shapes: torch.Size) -> torch.Size:
+    """The batch shape of a distribution: its arguments' batch shapes broadcast together."""
+    try:
+        return torch.broadcast_shapes(*batch_shapes.values())
+    except RuntimeError:
+        got = ", ".join(f"{name} {tuple(shape)}" for name, shape in batch_shapes.items())
+        raise ValueError(f"the batch shapes do not broadcast ({got}); give the arguments equal leading "
+                         f"dimensions, or 1 where one is shared") from None
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
     if not torch.isfinite(t).all():
         raise ValueError(
@@ -62,6 +87,50 @@ class ObservationDistribution(Distribution):
     arg_constraints = {}
     support = constraints.real_vector
     has_rsample = True
+
+    def _init_shapes(self, batch_shape: torch.Size, event_shape: torch.Size,
+                     validate_args: Optional[bool]) -> None:
+        """`Distribution.__init__` without its argument checks: the subclass has checked its
+        arguments already, with one-line messages, and torch's checks would read them again."""
+        super().__init__(batch_shape, event_shape, validate_args=False)
+        if validate_args is None:
+            del self._validate_args  # follow torch's global default, as Distribution does
+        else:
+            self._validate_args = validate_args
+
+    def _check_value(self, value: torch.Tensor) -> None:
+        """The value's pixel count always; with validate_args also its batch shape and NaNs
+        (torch's `_validate_sample`, with one-line messages)."""
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"value must be a tensor of shape (..., S), got {type(value).__name__}")
+        if value.dim() < 1 or value.shape[-1] != self.event_shape[0]:
+            raise ValueError(f"value has {value.shape[-1] if value.dim() else 0} pixels, expected S = "
+                             f"{self.event_shape[0]}; flatten images to (..., S) in C, H, W order")
+        if self._validate_args:
+            self._validate_sample(value)
+
+    def _validate_sample(self, value: torch.Tensor) -> None:
+        try:
+            torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape)
+        except RuntimeError:
+            raise ValueError(f"value of shape {tuple(value.shape)} does not broadcast with the batch "
+                             f"{tuple(self.batch_shape)} of {type(self).__name__}; give it shape "
+                             f"(..., *batch_shape, S)") from None
+        if torch.isnan(value).any():
+            raise ValueError("value contains NaN, which is outside the support (real vectors); "
+                             "check the data, or pass validate_args=False to skip this check")
+
+    def _expanded(self, cls: type, batch_shape, tensors: dict, _instance=None) -> "ObservationDistribution":
+        """`expand()`'s common part: a new instance of `cls` sharing this one's tensors, each
+        name → (tensor, number of trailing non-batch dims) expanded to the new batch shape."""
+        new = self._get_checked_instance(cls, _instance)
+        batch_shape = torch.Size(batch_shape)
+        for name, (t, event_dims) in tensors.items():
+            setattr(new, name, None if t is None else
+                    t.expand(batch_shape + (t.shape[t.dim() - event_dims:] if event_dims else ())))
+        ObservationDistribution._init_shapes(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     @property
     def mean(self) -> torch.Tensor:

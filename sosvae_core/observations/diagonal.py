@@ -14,18 +14,26 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
 
-from .base import (LOG_2PI, ObservationDistribution, ObservationModel, check_finite, flat_mask,
-                   inverse_softplus, tiny_conv)
+from .base import (LOG_2PI, ObservationDistribution, ObservationModel, check_finite, check_tensors,
+                   flat_mask, inverse_softplus, tiny_conv)
 
 __all__ = ["PixelIndependent", "DiagonalNormal", "DiagonalHead"]
 
 
 class PixelIndependent(ObservationDistribution):
-    """A distribution whose pixels are independent, given its mean and per-pixel variance."""
+    """A distribution whose pixels are independent, given its mean and per-pixel variance.
+
+    The batch shape is that of loc and variance broadcast together (both expanded to it).
+    """
+
+    arg_constraints = {"loc": constraints.real_vector,
+                       "variance": constraints.independent(constraints.positive, 1)}
 
     def __init__(self, loc: torch.Tensor, variance: torch.Tensor,
                  validate_args: Optional[bool] = None):
+        check_tensors(loc=loc, variance=variance)
         if loc.dim() < 1:
             raise ValueError("loc must have at least one dimension (..., S); flatten the image first")
         try:
@@ -35,12 +43,16 @@ class PixelIndependent(ObservationDistribution):
                              f"loc {tuple(loc.shape)}; pass a (..., S) tensor") from None
         self.loc = loc.expand(batch_shape)
         self._variance = variance.expand(batch_shape)
-        super().__init__(batch_shape[:-1], batch_shape[-1:], validate_args=validate_args)
+        self._init_shapes(batch_shape[:-1], batch_shape[-1:], validate_args)
         if self._validate_args:
             check_finite("loc", loc)
             check_finite("variance", variance)
             if not (variance > 0).all():
                 raise ValueError("variance must be strictly positive; parameterise it as exp(·)")
+
+    def expand(self, batch_shape, _instance=None) -> "PixelIndependent":
+        return self._expanded(PixelIndependent, batch_shape,
+                              {"loc": (self.loc, 1), "_variance": (self._variance, 1)}, _instance)
 
     @property
     def variance(self) -> torch.Tensor:
@@ -49,11 +61,6 @@ class PixelIndependent(ObservationDistribution):
     @property
     def covariance_matrix(self) -> torch.Tensor:
         return torch.diag_embed(self._variance)
-
-    def _check_value(self, value: torch.Tensor) -> None:
-        if value.shape[-1] != self.event_shape[0]:
-            raise ValueError(f"value has {value.shape[-1]} pixels, expected S = "
-                             f"{self.event_shape[0]}; flatten images to (..., S)")
 
     def covariance_row(self, pixel_index: int) -> torch.Tensor:
         """Cov(y_i, y): zero everywhere but at pixel i itself."""

@@ -57,7 +57,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
-from .base import LOG_2PI, ObservationDistribution, ObservationModel, check_finite, flat_mask
+from torch.distributions import constraints
+
+from .base import LOG_2PI, ObservationDistribution, ObservationModel, check_finite, check_tensors, flat_mask
 
 __all__ = [
     "SparsePrecisionNormal",
@@ -124,7 +126,9 @@ class SparsePrecisionNormal(ObservationDistribution):
     # exact per-pixel variance needs a selected inversion, ten times the cost of log_prob with
     # its backward pass (benchmarks/bench_dorta.py): the trainer does not log it every step
     variance_is_expensive = True
-    # arguments are checked by hand below, to give one-line messages
+    # what the arguments are, as torch declares it; they are checked by hand below (one-line messages)
+    arg_constraints = {"loc": constraints.real_vector, "log_diag": constraints.independent(constraints.real, 1),
+                       "off_diag": constraints.independent(constraints.real, 4)}
 
     def __init__(
         self,
@@ -164,23 +168,35 @@ class SparsePrecisionNormal(ObservationDistribution):
                 f"off_diag must have shape (B, C, n_off, H, W) = {(B, C, n_off, H, W)} or "
                 f"(B, C·n_off, H, W) = {(B, C * n_off, H, W)} for stencil={k}, got "
                 f"{tuple(off_diag.shape)}; n_off = (k²−1)/2 = {n_off}")
-        if not (loc.dtype == log_diag.dtype == off_diag.dtype) or not loc.is_floating_point():
-            raise ValueError(f"loc, log_diag and off_diag must share one floating dtype, got "
-                             f"{loc.dtype}, {log_diag.dtype}, {off_diag.dtype}; cast them with .to()")
-        if not (loc.device == log_diag.device == off_diag.device):
-            raise ValueError("loc, log_diag and off_diag must be on the same device")
+        check_tensors(loc=loc, log_diag=log_diag, off_diag=off_diag)
 
         self.loc, self.log_diag, self.off_diag = loc, log_diag, off_diag
         self.image_shape = (C, H, W)
         self.stencil = k
         self.offsets = stencil_offsets(k)
         self._r = r
-        super().__init__(torch.Size([B]), torch.Size([S]), validate_args=validate_args)
+        self._init_shapes(torch.Size([B]), torch.Size([S]), validate_args)
         if self._validate_args:
             check_finite("loc", loc)
             check_finite("log_diag", log_diag)
             check_finite("off_diag", off_diag)
         self._build_geometry()
+
+    def expand(self, batch_shape, _instance=None) -> "SparsePrecisionNormal":
+        """The same images, B' of them: batch_shape (B',) from B = 1 or B = B'."""
+        batch_shape = torch.Size(batch_shape)
+        B = self.batch_shape[0]
+        if len(batch_shape) != 1 or B not in (1, batch_shape[0]):
+            raise ValueError(f"SparsePrecisionNormal has a flat batch of images (B,) = ({B},): it expands "
+                             f"to (B',) from B = 1 only, not to {tuple(batch_shape)}; reshape the images first")
+        if _instance is not None:
+            raise NotImplementedError("SparsePrecisionNormal.expand does not fill a subclass instance")
+        new = SparsePrecisionNormal(self.loc.expand(batch_shape + self.event_shape),
+                                    self.log_diag.expand(batch_shape + self.event_shape),
+                                    self.off_diag.expand(batch_shape + self.off_diag.shape[1:]),
+                                    self.image_shape, self.stencil, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     def _build_geometry(self) -> None:
         geometry = _geometry(self.image_shape[1], self.image_shape[2], self.stencil,
@@ -314,11 +330,7 @@ class SparsePrecisionNormal(ObservationDistribution):
 
         value: (..., B, S) → (..., B). O(S·k²) with one transposed conv.
         """
-        if value.shape[-1] != self.num_pixels:
-            raise ValueError(f"value has {value.shape[-1]} pixels, expected S = {self.num_pixels}; "
-                             f"flatten images to (..., B, S) in C, H, W order")
-        if self._validate_args:
-            self._validate_sample(value)
+        self._check_value(value)
         z = self._apply_Lt(value - self.loc)
         return 0.5 * self.log_det_precision() - 0.5 * z.pow(2).sum(-1) \
             - 0.5 * self.num_pixels * LOG_2PI
