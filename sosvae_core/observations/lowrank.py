@@ -10,7 +10,15 @@ Equivalently (eq. 4) a sample is
 
     y = μ + P ω_p + √D ω_d,   ω_p ~ N(0, I_R),  ω_d ~ N(0, I_S),
 
-and everything below is O(S·R²): the S × S matrix Σ is never formed.
+and everything below is O(S·R²): the S × S matrix Σ is never formed. With the capacitance
+C = I + Pᵀ D⁻¹ P (R × R) and its Cholesky factor L (Woodbury, determinant lemma):
+
+    log N(y; μ, Σ) = −½ (S log 2π + log|C| + log|D| + rᵀΣ⁻¹r),   r = y − μ,
+    rᵀΣ⁻¹r = min_ω ‖r − Pω‖²_{D⁻¹} + ‖ω‖²   at ω* = C⁻¹ Pᵀ D⁻¹ r,
+    H = S/2 (1 + log 2π) + ½ (log|C| + log|D|).
+
+The R-sized reductions (PᵀD⁻¹P, PᵀD⁻¹r) are accumulated in float64 whatever the dtype of
+P, and the R×R algebra runs in float64; the S-sized work runs in P's dtype.
 
 `LowRankHead` predicts μ and P from the decoder's features (SOS-VAE, and with a learned
 D the unstabilised ablation of Appendix A); `DistributionOnly` is Section 4.5's single
@@ -24,9 +32,10 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
 
-from .base import (LOG_2PI, ObservationDistribution, ObservationModel, check_finite, flat_mask,
-                   inverse_softplus, tiny_conv)
+from .base import (LOG_2PI, ObservationDistribution, ObservationModel, broadcast_batch, check_finite,
+                   check_tensors, flat_mask, inverse_softplus, tiny_conv)
 
 __all__ = [
     "CapacitanceError",
@@ -34,6 +43,16 @@ __all__ = [
     "LowRankHead",
     "DistributionOnly",
 ]
+
+# the float32 sums over S behind PᵀP and Pᵀr run over blocks of this many rows, and the
+# blocks are added in float64: an unbroken float32 sum over S = 116,412 rows is what loses
+# accuracy (a Cholesky failure for nearly parallel columns at ε = 1e-5); blocks keep the
+# number of large operations small (benchmarks/bench_likelihood.py)
+_BLOCK_ROWS = 8192
+# a P this small (float64 entries) is converted whole, so that its products are exact
+_EXACT_ELEMENTS = 1 << 20
+
+Scalar = Union[float, torch.Tensor]  # ε: a Python float or a 0-d tensor
 
 
 class CapacitanceError(RuntimeError):
@@ -53,61 +72,190 @@ def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
     return tril
 
 
-class _FixedDiagTerms(torch.autograd.Function):
-    """Mahalanobis term and log|C| for Σ = PPᵀ + εI, with hand-derived gradients.
+def _cross64(P: torch.Tensor, y: Optional[torch.Tensor], with_gram: bool):
+    """(PᵀP or None, Pᵀy or None) in float64, for P (..., S, R) and y (..., S).
 
-    (A learned diagonal D reaches it whitened, with ε = 1: see LowRankNormal.log_prob.)
+    A small P is converted to float64 first (a product of two float32 numbers is exact in
+    float64); a large one is summed in float32 over blocks of _BLOCK_ROWS rows, and the
+    blocks in float64, which costs no more than one float32 product and needs no float64
+    copy of P (S·R·8 bytes).
+    """
+    if P.dtype == torch.float64 and (y is None or y.dtype == torch.float64):
+        return (P.mT @ P if with_gram else None,
+                None if y is None else (P.mT @ y.unsqueeze(-1)).squeeze(-1))
+    exact = P.numel() <= _EXACT_ELEMENTS
+    rows = P.shape[-2] if exact else _BLOCK_ROWS
+    gram = proj = None
+    for start in range(0, P.shape[-2], rows):
+        block = P[..., start:start + rows, :]
+        block = block.double() if exact else block
+        if with_gram:
+            g = (block.mT @ block).double()
+            gram = g if gram is None else gram.add_(g)
+        if y is not None:
+            y_block = y[..., start:start + rows].to(block.dtype)
+            p = (block.mT @ y_block.unsqueeze(-1)).squeeze(-1).double()
+            proj = p if proj is None else proj.add_(p)
+    return gram, proj
 
-    Forward: C = I + PᵀP/ε, ω* = C⁻¹Pᵀr/ε, u = r − Pω*, maha = ‖u‖²/ε + ‖ω*‖².
-    Backward (ω* is a minimiser, so its own variation drops out):
-        ∂maha/∂r = 2u/ε,   ∂maha/∂P = −2 u ω*ᵀ/ε,   ∂log|C|/∂P = 2 P C⁻¹/ε.
-    This reads P about five times in all, where autograd through the same
-    expression makes several more full S×R temporaries; see benchmarks/.
+
+class _Gram64(torch.autograd.Function):
+    """(PᵀP, Pᵀy) in float64 (see _cross64), with the gradients written out:
+
+        ∂/∂P: G ↦ P (G + Gᵀ) + y gᵀ,   ∂/∂y: g ↦ P g   (G, g: the incoming gradients),
+
+    in differentiable ops, so that second derivatives work. Autograd through the blocks
+    would keep a float64 copy of each alive for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, P, y, with_gram):
+        ctx.save_for_backward(P, y)
+        return _cross64(P, y, with_gram)
+
+    @staticmethod
+    def backward(ctx, g_gram, g_proj):
+        P, y = ctx.saved_tensors
+        g_P = g_y = None
+        if ctx.needs_input_grad[0]:
+            g_P = 0 if g_gram is None else P @ (g_gram + g_gram.mT).to(P.dtype)
+            if g_proj is not None:
+                g_P = g_P + _outer_sum(y.to(P.dtype), g_proj.to(P.dtype), P.dim() - 2)
+        if ctx.needs_input_grad[1] and g_proj is not None:
+            g_y = (P @ g_proj.to(P.dtype).unsqueeze(-1)).squeeze(-1)
+        return g_P, g_y, None
+
+
+def _outer_sum(y: torch.Tensor, g: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    """Σ y gᵀ over the leading dimensions of y (..., S) and g (..., R) beyond the last
+    `batch_dims` (the samples of a broadcast log_prob): (*batch, S, R), without an
+    S × R matrix per sample."""
+    y = y.expand(g.shape[:-1] + y.shape[-1:])
+    extra = y.dim() - 1 - batch_dims
+    if extra <= 0:
+        return y.unsqueeze(-1) * g.unsqueeze(-2)
+    return torch.einsum("n...s,n...r->...sr", y.flatten(0, extra - 1), g.flatten(0, extra - 1))
+
+
+def _woodbury(r: Optional[torch.Tensor], P: torch.Tensor, eps: Scalar):
+    """For Σ = PPᵀ + εI: (L, ω*, u) with L the Cholesky factor of C = I + PᵀP/ε (float64),
+    ω* = C⁻¹Pᵀr/ε (float64) and u = r − Pω* (r's dtype); ω* and u are None without r.
+
+    A learned diagonal D reaches it whitened, Σ = D^½ (P̃P̃ᵀ + I) D^½ with P̃ = D^-½P,
+    r̃ = D^-½r and ε = 1, where C is unchanged (LowRankNormal._whitened).
+    """
+    gram, proj = _Gram64.apply(P, r, True)
+    eye = torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
+    tril = _cholesky(eye + gram / eps)
+    if r is None:
+        return tril, None, None
+    omega = torch.cholesky_solve((proj / eps).unsqueeze(-1), tril).squeeze(-1)
+    u = r - (P @ omega.to(P.dtype).unsqueeze(-1)).squeeze(-1)
+    return tril, omega, u
+
+
+def _mahalanobis_terms(u: torch.Tensor, omega: torch.Tensor, eps: Scalar) -> torch.Tensor:
+    """rᵀΣ⁻¹r = ‖u‖²/ε + ‖ω*‖² (float64), the Woodbury minimum at ω*."""
+    return (u * u).sum(-1, dtype=torch.float64) / eps + (omega * omega).sum(-1)
+
+
+def _log_det(tril: torch.Tensor) -> torch.Tensor:
+    return 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+class _WoodburyTerms(torch.autograd.Function):
+    """rᵀΣ⁻¹r and log|C| for Σ = PPᵀ + εI, with hand-derived gradients.
+
+    Forward: _woodbury, maha = ‖u‖²/ε + ‖ω*‖². Backward (ω* is a minimiser, so its own
+    variation drops out):
+        ∂maha/∂r = 2u/ε,   ∂maha/∂P = −2 u ω*ᵀ/ε,   ∂maha/∂ε = −‖u‖²/ε²,
+        ∂log|C|/∂P = 2 P C⁻¹/ε,   ∂log|C|/∂ε = (tr C⁻¹ − R)/ε.
+    This reads P twice in the forward pass and once in the backward, where autograd
+    through the same expression makes several more full S×R temporaries; see benchmarks/.
+    The gradients are differentiable ops of (u, ω*, L); when a second derivative is asked
+    for (create_graph), these are recomputed with autograd on, so that how u, ω* and L move
+    with r, P and ε is part of it.
     """
 
     @staticmethod
     def forward(ctx, r, P, eps):
-        tril = _cholesky(torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
-                         + (P.mT @ P).double() / eps)
-        omega = torch.cholesky_solve((P.mT @ r.unsqueeze(-1)).double() / eps, tril)
-        u = r - (P @ omega.to(P.dtype)).squeeze(-1)
-        maha = (u * u).sum(-1).double() / eps + omega.pow(2).sum((-2, -1))
-        log_det_cap = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        ctx.save_for_backward(P, u, omega, tril)
+        tril, omega, u = _woodbury(r, P, eps)
+        if isinstance(eps, torch.Tensor):
+            ctx.save_for_backward(r, P, u, omega, tril, eps)
+        else:
+            ctx.save_for_backward(r, P, u, omega, tril)
         ctx.eps = eps
-        return maha, log_det_cap
+        return _mahalanobis_terms(u, omega, eps), _log_det(tril)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_maha, g_logdet):
-        P, u, omega, tril = ctx.saved_tensors
-        eps = ctx.eps
-        g_r = g_P = None
-        if ctx.needs_input_grad[0]:
+    def backward(ctx, g_maha, g_log_det):
+        r, P, u, omega, tril, *eps = ctx.saved_tensors
+        eps = eps[0] if eps else ctx.eps
+        if torch.is_grad_enabled():  # create_graph: the second derivative sees u, ω*, L move
+            tril, omega, u = _woodbury(r, P, eps)
+        needs_r, needs_P, needs_eps = ctx.needs_input_grad
+        g_r = g_P = g_eps = None
+        if needs_r:
             g_r = (2 / eps) * g_maha.to(u.dtype).unsqueeze(-1) * u
-        if ctx.needs_input_grad[1]:
+        if needs_P or needs_eps:
             eye = torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
             c_inv = torch.cholesky_solve(eye.expand_as(tril), tril)
-            M = ((2 / eps) * g_logdet.unsqueeze(-1).unsqueeze(-1) * c_inv).to(P.dtype)
-            g_P = P @ M
-            w = ((-2 / eps) * g_maha.unsqueeze(-1).unsqueeze(-1) * omega.mT).to(P.dtype)
-            g_P.addcmul_(u.unsqueeze(-1), w)  # in place: no second S×R temporary
-        return g_r, g_P, None
+        if needs_P:
+            M = ((2 / eps) * g_log_det.unsqueeze(-1).unsqueeze(-1) * c_inv).to(P.dtype)
+            w = ((-2 / eps) * g_maha.unsqueeze(-1).unsqueeze(-1) * omega.unsqueeze(-2)).to(P.dtype)
+            g_P = (P @ M).addcmul_(u.to(P.dtype).unsqueeze(-1), w)  # in place: no second S×R temporary
+        if needs_eps:
+            d_maha = -(u * u).sum(-1, dtype=torch.float64) / eps ** 2
+            d_log_det = (c_inv.diagonal(dim1=-2, dim2=-1).sum(-1) - P.shape[-1]) / eps
+            g_eps = (g_maha * d_maha + g_log_det * d_log_det).sum().to(eps.dtype)
+        return g_r, g_P, g_eps
+
+
+def _split_diag(cov_diag, loc: torch.Tensor):
+    """cov_diag → (ε, D): ε (a float or a 0-d tensor) when every diagonal entry is one value,
+    the paper's D = εI and the fast path; else D, a tensor broadcastable to (..., S)."""
+    if isinstance(cov_diag, bool) or not isinstance(cov_diag, (int, float, torch.Tensor)):
+        raise ValueError(f"cov_diag must be a positive float ε or a tensor broadcastable to (..., S), "
+                         f"got {type(cov_diag).__name__} {cov_diag!r}; pass e.g. 1e-5 (the paper's ε)")
+    if not isinstance(cov_diag, torch.Tensor):
+        eps = float(cov_diag)
+        if not (eps > 0) or not math.isfinite(eps):
+            raise ValueError(f"the diagonal ε must be a positive finite number, got {cov_diag}; "
+                             f"the paper uses ε = 1e-5")
+        return eps, None
+    check_tensors(loc=loc, cov_diag=cov_diag)
+    if cov_diag.dim() == 0:
+        return cov_diag, None
+    if cov_diag.shape[-1] not in (1, loc.shape[-1]):
+        raise ValueError(f"cov_diag of shape {tuple(cov_diag.shape)} does not broadcast to loc "
+                         f"{tuple(loc.shape)}; pass a float ε or a tensor of shape (..., S)")
+    if all(n == 1 or st == 0 for n, st in zip(cov_diag.shape, cov_diag.stride())):
+        # one stored value expanded (e.g. another LowRankNormal's cov_diag): the fast path
+        return cov_diag[(0,) * cov_diag.dim()], None
+    return None, cov_diag
 
 
 class LowRankNormal(ObservationDistribution):
-    """N(μ, P Pᵀ + D) over flattened images (paper Section 3).
+    """N(μ, P Pᵀ + D) over flattened images (paper Section 3), a torch Distribution.
 
     Args:
         loc: μ, shape (..., S).
         cov_factor: P, shape (..., S, R) with R ≤ S.
-        cov_diag: D, either a positive float ε (the paper's fixed ε·I, default 1e-5)
-            or a positive tensor broadcastable to (..., S) (a learned diagonal).
-        validate_args: check shapes and finiteness (costs one pass over P).
+        cov_diag: D, either a positive float ε (the paper's fixed ε·I, default 1e-5), a
+            0-d tensor ε (e.g. a learned noise level; it gets gradients), or a positive
+            tensor broadcastable to (..., S) (a learned diagonal).
+        validate_args: check finiteness and positivity (costs one pass over P), and check
+            values in log_prob as torch does; None follows torch's global default.
 
-    The R×R linear algebra runs in float64: it is tiny, and it keeps the
-    capacitance I + PᵀP/ε well-conditioned-enough for ε = 1e-5 in float32 nets.
+    The batch shape is that of loc, cov_factor and cov_diag broadcast together; the
+    attributes `loc`, `cov_factor` and `cov_diag` are expanded to it, as in torch's
+    LowRankMultivariateNormal. `kl_divergence` is registered against itself, torch's
+    MultivariateNormal and Independent(Normal, 1), and DiagonalNormal (observations.kl).
     """
+
+    arg_constraints = {"loc": constraints.real_vector,
+                       "cov_factor": constraints.independent(constraints.real, 2),
+                       "cov_diag": constraints.independent(constraints.positive, 1)}
 
     def __init__(
         self,
@@ -116,6 +264,7 @@ class LowRankNormal(ObservationDistribution):
         cov_diag: Union[float, torch.Tensor] = 1e-5,
         validate_args: Optional[bool] = None,
     ):
+        check_tensors(loc=loc, cov_factor=cov_factor)
         if loc.dim() < 1:
             raise ValueError("loc must have at least one dimension (..., S); flatten the image first")
         if cov_factor.dim() < 2:
@@ -129,29 +278,17 @@ class LowRankNormal(ObservationDistribution):
             )
         if R > S:
             raise ValueError(f"rank R = {R} exceeds the number of pixels S = {S}; use R ≤ S")
-        if isinstance(cov_diag, torch.Tensor):
-            if cov_diag.dim() == 0:
-                cov_diag = float(cov_diag)
-            else:
-                try:
-                    torch.broadcast_shapes(cov_diag.shape, loc.shape)
-                except RuntimeError:
-                    raise ValueError(
-                        f"cov_diag of shape {tuple(cov_diag.shape)} does not broadcast to loc "
-                        f"{tuple(loc.shape)}; pass a float ε or a tensor of shape (..., S)"
-                    ) from None
-        if isinstance(cov_diag, (int, float)):
-            if not (cov_diag > 0) or not math.isfinite(cov_diag):
-                raise ValueError(
-                    f"the diagonal ε must be a positive finite number, got {cov_diag}; "
-                    f"the paper uses ε = 1e-5"
-                )
-            cov_diag = float(cov_diag)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2])
+        eps, diag = _split_diag(cov_diag, loc)
+        diag_batch = cov_diag.shape[:-1] if isinstance(cov_diag, torch.Tensor) else torch.Size()
+        batch_shape = broadcast_batch(loc=loc.shape[:-1], cov_factor=cov_factor.shape[:-2],
+                                      cov_diag=diag_batch)
         self.loc = loc.expand(batch_shape + (S,))
         self.cov_factor = cov_factor.expand(batch_shape + (S, R))
-        self.cov_diag = cov_diag
-        super().__init__(batch_shape, torch.Size([S]), validate_args=validate_args)
+        self._eps = eps
+        self._diag = None if diag is None else diag.expand(batch_shape + (S,))
+        self._cap_tril = None
+        self._log_det_cap = None
+        self._init_shapes(batch_shape, torch.Size([S]), validate_args)
         if self._validate_args:
             check_finite("loc", loc)
             check_finite("cov_factor", cov_factor)
@@ -160,8 +297,13 @@ class LowRankNormal(ObservationDistribution):
                 if not (cov_diag > 0).all():
                     raise ValueError("cov_diag must be strictly positive everywhere; "
                                      "parameterise it as exp(·) or softplus(·) + ε")
-        self._cap_tril = None
-        self._log_det_cap = None
+
+    def expand(self, batch_shape, _instance=None) -> "LowRankNormal":
+        new = self._expanded(LowRankNormal, batch_shape, {
+            "loc": (self.loc, 1), "cov_factor": (self.cov_factor, 2), "_diag": (self._diag, 1),
+            "_cap_tril": (self._cap_tril, 2), "_log_det_cap": (self._log_det_cap, 0)}, _instance)
+        new._eps = self._eps
+        return new
 
     # -- sizes and the scalar-ε special case ----------------------------------------
 
@@ -171,55 +313,64 @@ class LowRankNormal(ObservationDistribution):
 
     @property
     def fixed_diag(self) -> bool:
-        """True for the paper's D = ε·I, where the capacitance is I + PᵀP/ε."""
-        return isinstance(self.cov_diag, float)
+        """True for one diagonal value ε (the paper's D = ε·I): the capacitance is I + PᵀP/ε."""
+        return self._eps is not None
 
     @property
-    def diagonal(self) -> torch.Tensor:
-        """D as a (..., S) tensor, whether fixed (ε) or learned."""
-        return self._diag_tensor()
+    def cov_diag(self) -> torch.Tensor:
+        """D as a (..., S) tensor, whether fixed (ε, expanded without a copy) or learned."""
+        if self._diag is not None:
+            return self._diag
+        eps = self._eps if isinstance(self._eps, torch.Tensor) else self.loc.new_full((), self._eps)
+        return eps.expand(self.loc.shape)
 
-    def _diag_tensor(self) -> torch.Tensor:
-        if self.fixed_diag:
-            return self.loc.new_full(self.loc.shape, self.cov_diag)
-        return self.cov_diag.expand(self.loc.shape)
+    diagonal = cov_diag
 
-    def _inv_diag_times(self, t: torch.Tensor, columns: bool = False) -> torch.Tensor:
-        """D⁻¹ t for a vector t (..., S), or for a matrix t (..., S, k) when `columns`."""
+    def _cov_diag_arg(self) -> Union[float, torch.Tensor]:
+        """cov_diag as this distribution was built from it: ε or D, for a related distribution."""
+        return self._diag if self._eps is None else self._eps
+
+    def _whitened(self, r: Optional[torch.Tensor] = None):
+        """(r, P, ε) for D = εI, else (D^-½r, D^-½P, 1): the arguments of _woodbury."""
         if self.fixed_diag:
-            return t / self.cov_diag
-        d = self.cov_diag.expand(self.loc.shape)
-        return t / (d.unsqueeze(-1) if columns else d)
+            return r, self.cov_factor, self._eps
+        inv_sqrt_d = self._diag.rsqrt()
+        return None if r is None else r * inv_sqrt_d, self.cov_factor * inv_sqrt_d.unsqueeze(-1), 1.0
 
     # -- Woodbury and the determinant lemma --------------------------------------------
+
+    def _lazy(self, name: str, compute):
+        """A cached quantity, computed with grad enabled (as torch's lazy_property does), so
+        that a first call under no_grad does not leave a detached cache for later calls."""
+        value = getattr(self, name)
+        if value is None:
+            with torch.enable_grad():
+                value = compute()
+            if not torch.is_inference_mode_enabled():
+                setattr(self, name, value)
+        return value
 
     @property
     def capacitance_tril(self) -> torch.Tensor:
         """Cholesky factor of the capacitance C = I + Pᵀ D⁻¹ P (float64, cached)."""
-        if self._cap_tril is None:
-            P = self.cov_factor
-            if self.fixed_diag:  # scale the R×R result, not the S×R factor
-                gram = (P.mT @ P) / self.cov_diag
-            else:
-                gram = P.mT @ self._inv_diag_times(P, columns=True)  # the O(S·R²) step
-            eye = torch.eye(self.rank, dtype=torch.float64, device=P.device)
-            self._cap_tril = _cholesky(eye + gram.double())
-        return self._cap_tril
+        return self._lazy("_cap_tril", lambda: _woodbury(*self._whitened())[0])
+
+    def _log_det_diag(self) -> torch.Tensor:
+        if self._diag is not None:
+            return self._diag.log().sum(-1).double()
+        if isinstance(self._eps, torch.Tensor):
+            return self.event_shape[0] * self._eps.double().log()
+        return self.event_shape[0] * math.log(self._eps)
 
     def _log_det_cov(self) -> torch.Tensor:
         # matrix determinant lemma: log|PPᵀ + D| = log|C| + log|D|
-        if self._log_det_cap is None:
-            self._log_det_cap = 2 * self.capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        if self.fixed_diag:
-            log_det_d = self.event_shape[0] * math.log(self.cov_diag)
-        else:
-            log_det_d = self.cov_diag.log().expand(self.loc.shape).sum(-1).double()
-        return self._log_det_cap + log_det_d
+        return self._lazy("_log_det_cap", lambda: _log_det(self.capacitance_tril)) + self._log_det_diag()
 
-    def _posterior_omega(self, residual: torch.Tensor) -> torch.Tensor:
-        """ω* = C⁻¹ Pᵀ D⁻¹ r: the mean of ω_p given y (the Woodbury solve)."""
-        rhs = (self.cov_factor.mT @ self._inv_diag_times(residual).unsqueeze(-1)).double()
-        return torch.cholesky_solve(rhs, self.capacitance_tril).squeeze(-1)
+    def _mahalanobis(self, r: torch.Tensor) -> torch.Tensor:
+        """rᵀΣ⁻¹r (float64) for residuals r (..., S) that broadcast with the batch."""
+        r, P, eps = self._whitened(r)
+        _, omega, u = _woodbury(r, P, eps)
+        return _mahalanobis_terms(u, omega, eps)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log N(y; μ, PPᵀ + D), O(S·R²).
@@ -229,51 +380,58 @@ class LowRankNormal(ObservationDistribution):
         which equals rᵀD⁻¹r − ‖L⁻¹PᵀD⁻¹r‖² but subtracts per pixel rather than two
         sums of size ~S/ε, so float32 does not cancel catastrophically at ε = 1e-5.
         """
-        if value.shape[-1] != self.event_shape[0]:
-            raise ValueError(f"value has {value.shape[-1]} pixels, expected S = "
-                             f"{self.event_shape[0]}; flatten images to (..., S)")
+        self._check_value(value)
         r = value - self.loc
         S = self.event_shape[0]
-        if r.shape == self.loc.shape:
-            # one value per distribution: fused gradients. A learned D is whitened first,
-            # Σ = D^½ (P̃P̃ᵀ + I) D^½ with P̃ = D^-½ P and r̃ = D^-½ r, so that the same
-            # terms apply with ε = 1 and log|Σ| = log|C| + Σᵢ log Dᵢ (C is unchanged).
-            if self.fixed_diag:
-                maha, log_det_cap = _FixedDiagTerms.apply(r, self.cov_factor, self.cov_diag)
-                log_det_d = S * math.log(self.cov_diag)
-            else:
-                d = self.cov_diag.expand(self.loc.shape)
-                inv_sqrt_d = d.rsqrt()
-                maha, log_det_cap = _FixedDiagTerms.apply(r * inv_sqrt_d, self.cov_factor * inv_sqrt_d.unsqueeze(-1),
-                                                          1.0)
-                log_det_d = d.log().sum(-1).double()
-            if self._log_det_cap is None:
+        if r.shape == self.loc.shape:  # one value per distribution: fused gradients
+            maha, log_det_cap = _WoodburyTerms.apply(*self._whitened(r))
+            if self._log_det_cap is None and torch.is_grad_enabled():
                 self._log_det_cap = log_det_cap  # shared with entropy()
-            log_det = log_det_cap + log_det_d
+            log_det = log_det_cap + self._log_det_diag()
         else:
-            omega = self._posterior_omega(r)
-            unexplained = r - (self.cov_factor @ omega.to(r.dtype).unsqueeze(-1)).squeeze(-1)
-            maha = (unexplained * self._inv_diag_times(unexplained)).sum(-1).double()
-            maha = maha + omega.pow(2).sum(-1)
+            maha = self._mahalanobis(r)
             log_det = self._log_det_cov()
-        return (-0.5 * (S * LOG_2PI + log_det + maha)).to(value.dtype)
+        return (-0.5 * (S * LOG_2PI + log_det + maha)).to(r.dtype)
 
     def entropy(self) -> torch.Tensor:
         """H = S/2·(1 + log 2π) + ½ log|Σ| (closed form)."""
         S = self.event_shape[0]
         return (0.5 * S * (1 + LOG_2PI) + 0.5 * self._log_det_cov()).to(self.loc.dtype)
 
+    def _precision_factor(self) -> torch.Tensor:
+        """A = L⁻¹ P̃ᵀ (..., R, S), float64, with Σ⁻¹ = D^-½ (I − AᵀA) D^-½ and P̃ = D^-½P."""
+        _, P, eps = self._whitened()
+        A = torch.linalg.solve_triangular(self.capacitance_tril, P.mT.double(), upper=False)
+        return A / eps ** 0.5
+
+    def _precision_diagonal(self) -> torch.Tensor:
+        """diag(Σ⁻¹) (..., S), float64."""
+        return (1 - self._precision_factor().pow(2).sum(-2)) / self.cov_diag.double()
+
     # -- moments and sampling (eq. 4) ------------------------------------------------------
 
     @property
     def variance(self) -> torch.Tensor:
         """Per-pixel variance diag(Σ) = Σ_r P_{ir}² + D_i."""
-        return self.cov_factor.pow(2).sum(-1) + self._diag_tensor()
+        return self.cov_factor.pow(2).sum(-1) + self.cov_diag
 
     @property
     def covariance_matrix(self) -> torch.Tensor:
         """Dense Σ; for tests and tiny images only (S × S memory)."""
-        return self.cov_factor @ self.cov_factor.mT + torch.diag_embed(self._diag_tensor())
+        return self.cov_factor @ self.cov_factor.mT + torch.diag_embed(self.cov_diag)
+
+    @property
+    def precision_matrix(self) -> torch.Tensor:
+        """Dense Σ⁻¹ by Woodbury; for tests and tiny images only (S × S memory)."""
+        A = self._precision_factor()
+        d = self.cov_diag.double().rsqrt()
+        eye = torch.eye(self.event_shape[0], dtype=torch.float64, device=A.device)
+        return (d.unsqueeze(-1) * (eye - A.mT @ A) * d.unsqueeze(-2)).to(self.loc.dtype)
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """Dense Cholesky factor of Σ; for tests and tiny images only."""
+        return torch.linalg.cholesky(self.covariance_matrix)
 
     def covariance_row(self, pixel_index: int) -> torch.Tensor:
         """Cov(y_i, y) for one pixel i, shape (..., S): P P_iᵀ + D_i e_i (Fig. 2 slices)."""
@@ -283,7 +441,7 @@ class LowRankNormal(ObservationDistribution):
         pixel_index %= S
         row = (self.cov_factor @ self.cov_factor[..., pixel_index, :].unsqueeze(-1)).squeeze(-1)
         row = row.clone()
-        row[..., pixel_index] += self._diag_tensor()[..., pixel_index]
+        row[..., pixel_index] += self.cov_diag[..., pixel_index]
         return row
 
     def rsample(self, sample_shape: torch.Size = torch.Size(),
@@ -295,7 +453,7 @@ class LowRankNormal(ObservationDistribution):
         """
         omega_p, omega_d = self._noise(sample_shape, omega_p, omega_d)
         structured = (self.cov_factor @ omega_p.unsqueeze(-1)).squeeze(-1)
-        return self.loc + structured + self._diag_tensor().sqrt() * omega_d
+        return self.loc + structured + self.cov_diag.sqrt() * omega_d
 
     @property
     def noise_rank(self) -> int:
@@ -305,9 +463,9 @@ class LowRankNormal(ObservationDistribution):
         S, R = self.cov_factor.shape[-2:]
         loc = self.loc.reshape(-1, S)[0]
         P = self.cov_factor.reshape(-1, S, R)[0]
-        diag = self.cov_diag
-        if not self.fixed_diag:
-            diag = diag.expand(self.loc.shape).reshape(-1, S)[0].detach().float().cpu()
+        diag = self._cov_diag_arg()
+        if isinstance(diag, torch.Tensor):
+            diag = (diag if diag.dim() == 0 else diag.reshape(-1, S)[0]).detach().float().cpu()
         # row-major P: the edit panel gathers rows of it (P₂ in eqs. 6–7)
         return LowRankNormal(loc.detach().float().cpu(), P.detach().float().cpu().contiguous(),
                              diag, validate_args=False)
@@ -321,7 +479,7 @@ class LowRankNormal(ObservationDistribution):
         Columns of U whose singular value is zero are returned as zeros.
         """
         P = self.cov_factor
-        evals, V = torch.linalg.eigh((P.mT @ P).double())
+        evals, V = torch.linalg.eigh(_Gram64.apply(P, None, True)[0])
         evals, V = evals.flip(-1), V.flip(-1)  # eigh sorts ascending
         s = evals.clamp_min(0).sqrt()
         tol = s[..., :1] * max(P.shape[-2:]) * torch.finfo(P.dtype).eps
@@ -340,7 +498,7 @@ class LowRankNormal(ObservationDistribution):
         if scales.shape[-1] != self.rank:
             raise ValueError(f"scales has {scales.shape[-1]} entries, expected one per component (R = {self.rank})")
         P = U @ ((s * scales).unsqueeze(-1) * V.mT)
-        return LowRankNormal(self.loc, P, self.cov_diag, validate_args=False)
+        return LowRankNormal(self.loc, P, self._cov_diag_arg(), validate_args=False)
 
     def conditional_mean(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """E[y₁ | y₂ = b] for edited pixels y₂ (eqs. 6–7), returned as a full image.
@@ -360,22 +518,17 @@ class LowRankNormal(ObservationDistribution):
         if k == 0:
             return self.loc.clone()
         idx = mask.nonzero().squeeze(-1)
-        P2 = self.cov_factor.index_select(-2, idx)
-        if self.fixed_diag:
-            inv_d2 = 1.0 / self.cov_diag
-        else:
-            inv_d2 = (1.0 / self.cov_diag.expand(self.loc.shape).index_select(-1, idx)).unsqueeze(-1)
-        d = (values - self.loc.index_select(-1, idx)).unsqueeze(-1)
-        P2s = P2 * inv_d2
-        cap = torch.eye(self.rank, dtype=torch.float64, device=P2.device) + (P2.mT @ P2s).double()
-        omega = torch.cholesky_solve((P2s.mT @ d).double(), _cholesky(cap))
-        out = self.loc + (self.cov_factor @ omega.to(self.loc.dtype)).squeeze(-1)
+        edited = LowRankNormal(self.loc.index_select(-1, idx), self.cov_factor.index_select(-2, idx),
+                               self._cov_diag_arg() if self.fixed_diag else self._diag.index_select(-1, idx),
+                               validate_args=False)
+        omega = _woodbury(*edited._whitened(values - edited.loc))[1]
+        out = self.loc + (self.cov_factor @ omega.to(self.loc.dtype).unsqueeze(-1)).squeeze(-1)
         out = out.clone()
         out[..., idx] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
         return out
 
     def __repr__(self) -> str:
-        diag = f"ε={self.cov_diag:g}" if self.fixed_diag else "learned diagonal"
+        diag = f"ε={float(self._eps):g}" if self.fixed_diag else "learned diagonal"
         return (f"LowRankNormal(batch_shape={tuple(self.batch_shape)}, S={self.event_shape[0]}, "
                 f"R={self.rank}, {diag})")
 
