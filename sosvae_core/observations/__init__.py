@@ -10,10 +10,14 @@
 and which bounds apply. To add a model, write one module with its distribution (a
 subclass of `base.ObservationDistribution`), its head and its `ObservationModel`, import
 the module below and add its `ObservationModel` to `REGISTRY`, one line.
+
+The distributions are torch Distributions (batch shapes, `expand`, value validation, second
+derivatives); `kl` registers closed-form `torch.distributions.kl_divergence` between the
+Gaussian ones and torch's MultivariateNormal and Independent(Normal, 1).
 """
 from __future__ import annotations
 
-from . import diagonal, dorta, laplace, lowrank
+from . import diagonal, dorta, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
 from .base import ObservationDistribution, ObservationModel
 from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
 from .dorta import SparsePrecisionHead, SparsePrecisionNormal
@@ -42,6 +46,7 @@ def label(name: str) -> str:
 
 
 __all__ = [
+    "kl",
     "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",
