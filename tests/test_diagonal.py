@@ -60,3 +60,39 @@ def test_bad_input():
         d.rsample(omega_p=torch.zeros(1, 2))
     with pytest.raises(ValueError, match="omega_d has last dimension 3, expected S = 4"):
         d.rsample(omega_d=torch.zeros(1, 3))
+
+
+def test_batch_shapes_broadcast_and_expand():
+    # a variance with more batch dimensions than the mean widens the batch, as in torch
+    g = torch.Generator().manual_seed(6)
+    loc = torch.randn(S, generator=g, dtype=torch.float64)
+    var = torch.rand(4, 1, S, generator=g, dtype=torch.float64) + 0.1
+    d = DiagonalNormal(loc, var)
+    assert d.batch_shape == (4, 1) and d.sample((2,)).shape == (2, 4, 1, S)
+    e = d.expand((4, 3))
+    assert e.batch_shape == (4, 3) and type(e) is DiagonalNormal and e.sample().shape == (4, 3, S)
+    x = torch.randn(4, 3, S, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(e.log_prob(x), d.log_prob(x))
+    torch.testing.assert_close(e.entropy(), d.entropy().expand(4, 3))
+
+
+def test_value_validation_and_argument_dtypes():
+    d = DiagonalNormal(torch.zeros(2, 4), torch.ones(2, 4), validate_args=True)
+    x = torch.zeros(2, 4)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="value contains NaN"):
+        d.log_prob(x)
+    with pytest.raises(ValueError, match=r"value of shape \(3, 4\) does not broadcast with the batch \(2,\)"):
+        d.log_prob(torch.zeros(3, 4))
+    assert torch.isnan(DiagonalNormal(torch.zeros(2, 4), torch.ones(2, 4), validate_args=False).log_prob(x)[1])
+    with pytest.raises(ValueError, match="loc and variance must share one floating dtype, got float32, float64"):
+        DiagonalNormal(torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.float64))
+
+
+def test_gradgradcheck_log_prob_and_entropy():
+    g = torch.Generator().manual_seed(8)
+    loc = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    var = (torch.rand(2, 4, generator=g, dtype=torch.float64) + 0.2).requires_grad_()
+    x = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    f = lambda loc, v, x: (lambda d: d.log_prob(x) + d.entropy())(DiagonalNormal(loc, v))
+    assert torch.autograd.gradgradcheck(f, (loc, var, x))

@@ -272,6 +272,32 @@ def test_gradcheck_rsample_and_variance():
     assert torch.autograd.gradcheck(g, _params(shape, k))
 
 
+def test_gradgradcheck_log_prob_and_entropy():
+    # second derivatives (Laplace approximations, gradient penalties) are exact too
+    shape, k = (1, 4, 3), 3
+    x = torch.randn(2, 12, dtype=DT, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    f = lambda m, ld, off, x: (lambda d: d.log_prob(x) + d.entropy())(SparsePrecisionNormal(m, ld, off, shape, k))
+    assert torch.autograd.gradgradcheck(f, _params(shape, k, B=2) + (x,))
+
+
+def test_expand_and_value_validation_as_torch():
+    loc, log_diag, off = make((1, 5, 4), 3, B=1)
+    d = SparsePrecisionNormal(loc, log_diag, off, (1, 5, 4), validate_args=True)
+    e = d.expand((3,))
+    assert e.batch_shape == (3,) and e.sample().shape == (3, 20) and e._validate_args
+    x = torch.randn(3, 20, dtype=DT)
+    torch.testing.assert_close(e.log_prob(x), d.log_prob(x))
+    torch.testing.assert_close(e.entropy(), d.entropy().expand(3))
+    with pytest.raises(ValueError, match=r"expands to \(B'\,\) from B = 1 only, not to \(2, 3\)"):
+        d.expand((2, 3))
+    x[0, 4] = float("nan")
+    with pytest.raises(ValueError, match="value contains NaN"):
+        e.log_prob(x)
+    with pytest.raises(ValueError, match=r"value of shape \(2, 20\) does not broadcast with the batch \(3,\)"):
+        e.log_prob(torch.zeros(2, 20, dtype=DT))
+    assert torch.isnan(SparsePrecisionNormal(loc, log_diag, off, (1, 5, 4), validate_args=False).log_prob(x[:1])).all()
+
+
 def test_gradients_reach_every_parameter():
     loc, log_diag, off = _params((1, 5, 4), 3, B=2)
     dist = SparsePrecisionNormal(loc, log_diag, off, (1, 5, 4))

@@ -32,6 +32,21 @@ def test_log_prob_entropy_and_moments_match_torch_laplace():
     torch.testing.assert_close(d.covariance_row(7), torch.diag_embed(ref.variance)[:, 7])
 
 
+
+def test_expand_validation_and_second_derivatives():
+    d, loc, var, ref = make(batch=1)
+    e = d.expand((2, 3))
+    assert e.batch_shape == (2, 3) and type(e) is DiagonalLaplace
+    x = ref.sample((2, 3)).squeeze(-2)
+    torch.testing.assert_close(e.log_prob(x), d.log_prob(x))
+    x[0, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="value contains NaN"):
+        DiagonalLaplace(loc, var, validate_args=True).log_prob(x)
+    # |y − μ| has no curvature away from μ: the Hessian in y is zero, the one in b is not
+    inputs = [t.clone().requires_grad_() for t in (loc, var, ref.sample())]
+    f = lambda m, v, y: (lambda d: d.log_prob(y) + d.entropy())(DiagonalLaplace(m, v))
+    assert torch.autograd.gradgradcheck(f, inputs)
+
 def test_sample_is_the_laplace_quantile_of_the_normal_noise_with_exact_tails():
     d, loc, var, ref = make()
     g = torch.Generator().manual_seed(1)
