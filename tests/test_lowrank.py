@@ -83,6 +83,18 @@ def test_conditional_mean_matches_dense_schur_formula(rank, learned):
     torch.testing.assert_close(got[:, e], b)
 
 
+@pytest.mark.parametrize("learned", [False, True])
+def test_conditional_mean_with_fewer_edited_pixels_than_components(learned):
+    d, loc, P, diag = make(4, learned_diag=learned)
+    cov = dense(loc, P, diag).covariance_matrix
+    mask = torch.zeros(S, dtype=torch.bool)
+    mask[[3, 40]] = True  # k = 2 < R = 4
+    b = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64)
+    e, o = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
+    want = loc[:, o] + (cov[:, o][:, :, e] @ torch.linalg.solve(cov[:, e][:, :, e], (b - loc[:, e]).unsqueeze(-1))).squeeze(-1)
+    torch.testing.assert_close(d.conditional_mean(mask, b)[:, o], want, rtol=1e-8, atol=1e-8)
+
+
 def test_conditional_mean_of_nothing_is_the_mean():
     d, loc, _, _ = make(3)
     mask = torch.zeros(S, dtype=torch.bool)

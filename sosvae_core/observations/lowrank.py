@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 # the float32 sums over S behind PᵀP and Pᵀr run over blocks of this many rows, and the
-# blocks are added in float64: an unbroken float32 sum over S = 116,412 rows is what loses
-# accuracy (a Cholesky failure for nearly parallel columns at ε = 1e-5); blocks keep the
-# number of large operations small (benchmarks/bench_likelihood.py)
+# blocks are added in float64: one float32 sum over all S = 116,412 rows of CelebA is what
+# loses accuracy (the capacitance of nearly parallel columns stops being positive definite
+# at ε = 1e-5); a few large blocks cost no more than one product
 _BLOCK_ROWS = 8192
 # a P this small (float64 entries) is converted whole, so that its products are exact
 _EXACT_ELEMENTS = 1 << 20
@@ -330,12 +330,15 @@ class LowRankNormal(ObservationDistribution):
         """cov_diag as this distribution was built from it: ε or D, for a related distribution."""
         return self._diag if self._eps is None else self._eps
 
-    def _whitened(self, r: Optional[torch.Tensor] = None):
-        """(r, P, ε) for D = εI, else (D^-½r, D^-½P, 1): the arguments of _woodbury."""
+    def _whitened(self, r: Optional[torch.Tensor] = None, pixels: Optional[torch.Tensor] = None):
+        """(r, P, ε) for D = εI, else (D^-½r, D^-½P, 1): the arguments of _woodbury, for all
+        pixels or for the rows `pixels` of P and D (r is given for those only)."""
+        P = self.cov_factor if pixels is None else self.cov_factor.index_select(-2, pixels)
         if self.fixed_diag:
-            return r, self.cov_factor, self._eps
-        inv_sqrt_d = self._diag.rsqrt()
-        return None if r is None else r * inv_sqrt_d, self.cov_factor * inv_sqrt_d.unsqueeze(-1), 1.0
+            return r, P, self._eps
+        d = self._diag if pixels is None else self._diag.index_select(-1, pixels)
+        inv_sqrt_d = d.rsqrt()
+        return None if r is None else r * inv_sqrt_d, P * inv_sqrt_d.unsqueeze(-1), 1.0
 
     # -- Woodbury and the determinant lemma --------------------------------------------
 
@@ -518,10 +521,7 @@ class LowRankNormal(ObservationDistribution):
         if k == 0:
             return self.loc.clone()
         idx = mask.nonzero().squeeze(-1)
-        edited = LowRankNormal(self.loc.index_select(-1, idx), self.cov_factor.index_select(-2, idx),
-                               self._cov_diag_arg() if self.fixed_diag else self._diag.index_select(-1, idx),
-                               validate_args=False)
-        omega = _woodbury(*edited._whitened(values - edited.loc))[1]
+        omega = _woodbury(*self._whitened(values - self.loc.index_select(-1, idx), idx))[1]
         out = self.loc + (self.cov_factor @ omega.to(self.loc.dtype).unsqueeze(-1)).squeeze(-1)
         out = out.clone()
         out[..., idx] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
