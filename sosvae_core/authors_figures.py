@@ -15,6 +15,9 @@ The authors' repository (biomedia-mira/sos-vae, `showcase_images/`) holds
 
     python -m sosvae_core authors-figures DIR      # DIR holds any of the three PNGs
 
+The notebooks show the images beside their own figures with `published_image` when a folder
+holds them (their `authors_figures` parameter, else $SOSVAE_AUTHORS_FIGURES).
+
 The scorecard's `AUTHORS_CONCENTRATION` and `AUTHORS_EDITS` hold what this prints (rounded
 to two decimals); claims 5 and 7 set their levels from them. The images are the authors'
 and are not shipped here; download them from their repository.
@@ -110,6 +113,26 @@ def _checked(path, size) -> np.ndarray:
         raise ValueError(f"{path} is {image.shape[1]}×{image.shape[0]}, not the authors' "
                          f"{size[0]}×{size[1]}; use the file from their repository")
     return image
+
+
+SOURCE = "biomedia-mira/sos-vae on GitHub, folder showcase_images/ (Apache-2.0)"
+
+
+def published_image(name: str, folder=None):
+    """One of the authors' images for a notebook to display beside its own figure: an
+    IPython image when `folder` (else $SOSVAE_AUTHORS_FIGURES) holds it, otherwise a line
+    saying where to get it. The image is shown, never copied into the outputs."""
+    import os
+
+    from IPython.display import Image, Markdown
+
+    from .paths import ENV_AUTHORS_FIGURES
+    folder = folder or os.environ.get(ENV_AUTHORS_FIGURES)
+    path = Path(folder) / name if folder else None
+    if path is not None and path.is_file():
+        return Image(filename=str(path))
+    where = f"not in {folder}" if folder else f"no folder given (parameter `authors_figures` or ${ENV_AUTHORS_FIGURES})"
+    return Markdown(f"*The authors' `{name}`: {where}. Get it from {SOURCE}.*")
 
 
 def measure(folder) -> Dict[str, dict]:

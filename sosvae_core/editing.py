@@ -191,6 +191,16 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
             "conditional": torch.stack(conditional), "masks": torch.stack(masks)}
 
 
+@torch.no_grad()
+def authors_protocol(model, z: torch.Tensor, layout: str) -> Dict[str, torch.Tensor]:
+    """The authors' published edit (Fig. 6): the one-pixel strokes of PAPER_EDITS[layout] in
+    sequence, on the distribution with every component at the floor PAPER_EDIT_SCALE (a model
+    without P, e.g. the β-VAE, is conditioned as it is). Returns `edit_sequence`'s tensors."""
+    edits = PAPER_EDITS[layout]
+    scale = PAPER_EDIT_SCALE if isinstance(model.decode(z[:1].to(model_device(model))), LowRankNormal) else None
+    return edit_sequence(model, z, list(edits), sequential=True, edit_table=edits, component_scale=scale)
+
+
 def edit_spread(result: Dict[str, torch.Tensor], mask_of_last: Optional[torch.Tensor] = None) -> float:
     """How far an edit propagates: mean |conditional − mean| outside the edited pixels."""
     changed = (result["edited"][-1] != result["mean"][0])

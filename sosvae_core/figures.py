@@ -86,6 +86,22 @@ def observation_panel(model, z: torch.Tensor, seed: int = 0) -> Dict[str, torch.
     return {k: as_images(v.float().cpu(), shape) for k, v in out.items()}
 
 
+def fig2_panels(models: Dict[str, "torch.nn.Module"], n: int, seed: int = 0,
+                images: Optional[torch.Tensor] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Fig. 2's rows (`observation_panel`) for each model of {label: model}, from the same codes:
+    n prior codes z ~ N(0, I), as the paper's figure, or the posterior means of `images`
+    (e.g. held-out test images, (B, C, H, W) in [0, 1])."""
+    out = {}
+    for label, model in models.items():
+        if images is None:
+            z = prior_z(model, n, seed)
+        else:
+            with torch.no_grad():
+                z = model.encode(images[:n].to(model_device(model))).loc
+        out[label] = observation_panel(model, z, seed)
+    return out
+
+
 ROW_TITLES = {"mean": "mean", "sample": "sample", "difference": "sample − mean",
               "variance": "variance", "cov_positive": "+cov. to centre", "cov_negative": "−cov. to centre"}
 
@@ -217,9 +233,35 @@ def plot_grid(images: torch.Tensor, title: str = "", row_labels: Optional[Sequen
     return fig
 
 
+def plot_edits(chains: Sequence, edit_names: Sequence[str], title: str = "", cell: float = 1.3):
+    """Fig. 6's rows: for each (row label, result of `editing.edit_sequence`), the mean with the
+    strokes pasted and below it the conditional mean; one column per edit after the mean."""
+    rows, labels = [], []
+    for label, chain in chains:
+        rows += [torch.cat([chain["mean"], chain["edited"]]), torch.cat([chain["mean"], chain["conditional"]])]
+        labels += [label, "cond. mean"]
+    return plot_grid(torch.stack(rows), title, row_labels=labels, col_labels=["mean"] + list(edit_names), cell=cell)
+
+
 # -- Fig. 5 and App. B: principal-component scaling (eq. 5) ------------------------------------
 
 PAPER_SCALES = torch.arange(-5.0, 5.01, 0.5)  # −5 … +5 in steps of 0.5 (21 values)
+
+
+def scale_labels(scales=PAPER_SCALES) -> List[str]:
+    """Column labels for a component sweep: the scale, or the floor it is drawn at (0 → +0.03)."""
+    from .editing import COMPONENT_FLOOR
+    return [f"{floor_scales(t):+.2f}" if abs(t) < COMPONENT_FLOOR else f"{t:+.1f}" for t in torch.as_tensor(scales).tolist()]
+
+
+@torch.no_grad()
+def prior_component_sweep(model, seed: int = 0):
+    """Figs. 5, 9 and 10 for one prior code: its singular values s (R,) and every
+    component's sweep through PAPER_SCALES (R, len(PAPER_SCALES), C, H, W)."""
+    z = prior_z(model, 1, seed)
+    _, s, _ = model.decode(z.to(model_device(model))).principal_components()
+    return s[0].cpu(), component_sweep(model, z, range(model.rank), seed=seed)
+
 @torch.no_grad()
 def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PAPER_SCALES,
                     others: float = 0.03, seed: int = 0) -> torch.Tensor:

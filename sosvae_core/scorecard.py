@@ -168,6 +168,14 @@ def edit_locality(mean: torch.Tensor, conditional: torch.Tensor, mask: torch.Ten
             "unchanged_fraction": float((outside < EDIT_UNCHANGED_LEVEL * p95).double().mean())}
 
 
+def sequential_locality(chain: Dict[str, torch.Tensor], edit_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """`edit_locality` of each edit of a sequence (`editing.edit_sequence(..., sequential=True)`),
+    each measured against the conditional mean before it (the first against the mean)."""
+    before = [chain["mean"][0]] + list(chain["conditional"][:-1])
+    return {name: edit_locality(before[i], chain["conditional"][i], chain["masks"][i])
+            for i, name in enumerate(edit_names)}
+
+
 def slerp_steps(grid: torch.Tensor) -> float:
     """How uneven the steps of a slerp grid are: the largest step between neighbouring
     cells over the average step along the same row or column (1: perfectly even).
@@ -411,6 +419,20 @@ def ours_text(r: dict) -> str:
         return "; ".join(f"{k}: propagation {v['propagation']:.2f}, unchanged {v['unchanged_fraction']:.2f}"
                          for k, v in r["ours"]["edits"].items())
     return ", ".join(f"{k} {_fmt(v)}" for k, v in r["ours"].items() if not isinstance(v, (list, dict)))
+
+
+def markdown_claim(rows: List[dict], claim: int) -> str:
+    """One claim as Markdown (notebook 11): its rule, then per dataset the verdict, our
+    numbers and the paper's."""
+    mine = [r for r in rows if r["claim"] == claim]
+    if not mine:
+        return f"*Claim {claim} was not measured on these datasets.*"
+    lines = [f"**Rule, fixed before the run:** {mine[0]['rule']}", ""]
+    for r in mine:
+        verdict = {True: "✅ **pass**", False: "❌ **fail**", None: "— not measured"}[r["pass"]]
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"- **{r['dataset']}**: {verdict}. Ours: {ours_text(r)}{note}. Paper: {r['paper']}.")
+    return "\n".join(lines)
 
 
 def markdown_scorecard(rows: List[dict]) -> str:
