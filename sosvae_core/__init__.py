@@ -1,2 +1,48 @@
-"""SOS-VAE reference implementation."""
+"""SOS-VAE: structured (low-rank) uncertainty in the observation space of VAEs.
+
+A reference implementation of Langley, Monteiro, Jones, Pawlowski and Glocker, *Structured
+Uncertainty in the Observation Space of Variational Autoencoders*, TMLR 2022. The decoder
+outputs p(x | z) = N(μ(z), P(z)P(z)ᵀ + εI) with P of rank R = 25 and ε = 1e-5 (eq. 3); a
+sample is y = μ + Pω_p + √ε·ω_d (eq. 4).
+
+The package in two layers. The library stands alone and imports nothing from the layer above
+(a test checks it):
+
+- `observations` — one module per observation model, each its distribution and decoder head,
+  and the registry:
+  - `observations.base`: the shared noise interface (ω_p, ω_d), the heads' start, the checks, `ObservationModel`;
+  - `observations.lowrank`: the paper's `LowRankNormal` N(μ, PPᵀ + D), its head, the distribution-only model;
+  - `observations.diagonal`: the β-VAE's N(μ, diag(σ²));
+  - `observations.dorta`: Dorta et al. 2018, N(μ, (LLᵀ)⁻¹) with a sparse stencil Cholesky factor;
+  - `observations.laplace`: independent Laplace pixels, an L1 baseline (not in the paper).
+- `slerp` — spherical interpolation of the noise (eq. 8, Appendix D).
+- `networks` — the ResNet encoder and decoder for any C×H×W; the VAE takes its head from the registry.
+- `objective` — the constrained ELBO: KL ≤ ξ_KL, H ≤ ξ_H, the modified differential method of multipliers.
+- `train` — the `Trainer`: mean-only pre-training, exact resume, checkpoints, a NaN detector, DDP.
+- `runs` — run folders: `run_name`, `get_or_train` (train once, then load), `load_run`, `read_metrics`.
+- `pool` — several runs trained at once on a CPU, each in a process of its own.
+- `data` — CelebA, 64×64 gray CelebA, brain slices, the bundled portraits and LFW faces:
+  - `data.sources`: the dataset specs, finding the images on disk, decoding them;
+  - `data.store`: the decoded subset on disk, cache and packed datasets, with checksums;
+  - `data.splits`: the seeded train / val / test split, the datasets that serve it, a config's data.
+- `portraits` — the bundled synthetic portraits.
+- `configs` — named experiments × profiles (smoke / quick / paper); the entropy target across sizes.
+- `fid` — offline FID (pytorch-fid's protocol) and FID∞, with cached reference statistics.
+- `paths` — the environment variables, where runs and caches live, atomic writes.
+
+On top of it, the paper and the apps:
+
+- `figures` — the paper's figures as functions; spatial coherence; the PCA comparison.
+- `editing` — editing by conditioning (eqs. 6–7): brushes, colours, the scripted edits, the component floor.
+- `table1` — Table 1 for trained runs, the paper's values beside ours, the `fid` command.
+- `timing` — the per-image costs the notebooks report (Fig. 3).
+- `scorecard` — the paper's claims as numbers with pass rules fixed before the run (notebook 11).
+- `authors_figures` — claims 5 and 7's measures read off the authors' published images.
+- `widgets` — the ipywidgets panels of notebook 10.
+- `notebook` — what every notebook does first.
+- `runner` — the papermill runner behind `run_all.sh`.
+- `report` — the results page `outputs/index.html`.
+
+The command line is `python -m sosvae_core train|pack|fid|authors-figures` (also `sosvae`).
+"""
 __version__ = "0.1.0"
