@@ -18,18 +18,35 @@ The home folder is the source checkout when the package is imported from one (an
 install: `pyproject.toml` beside the package), else `~/.cache/sosvae`. It does not depend
 on the working directory, which differs between Jupyter (`notebooks/`) and the shell.
 
-Every file is written atomically (`atomic_file`): to a uniquely named temp file beside it,
-flushed to disk, then renamed over the old one, so that a reader, another process or a run
-killed half-way never sees a half-written checkpoint, cache, metrics log or JSON.
+Every whole file is written atomically (`atomic_file`): to a uniquely named temp file beside
+it, flushed to disk, then renamed over the old one, so that a reader, another process or a run
+killed half-way never sees a half-written checkpoint, cache or JSON. (The metrics logs grow by
+whole rows instead, and a resumed run cuts them back to its checkpoint: `train.Trainer`.)
+JSON is strict: NaN and ±inf are written as null.
+
+One writer at a time: `folder_lock` holds an OS file lock on a folder (a run folder) for as
+long as the process lives; a second writer is told, in one line, which process holds it.
+Readers take no lock. A failed read or write becomes one line naming the path and the fix
+(`os_error_message`).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; run folders go unlocked there
+    fcntl = None
 
 ENV_DATA_ROOT = "SOSVAE_DATA_ROOT"
 ENV_RUNS_DIR = "SOSVAE_RUNS_DIR"
@@ -72,9 +89,10 @@ def cache_root(cache_dir=None, runs_dir=None) -> Path:
 def atomic_file(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     """Open a temp file beside `path` for writing; on success fsync it and rename it over `path`.
 
-    On any error the temp file is removed and `path` keeps its old content. Files are made
-    readable by all (0644), as a cache may be shared. `mode` is "wb" or "w" (text: utf-8 unless
-    `encoding` is given)."""
+    On any error the temp file is removed and `path` keeps its old content; a failed write
+    (disk full, read-only) raises its OSError naming `path`, also where the writer wrapped it
+    (torch.save reports a full disk as "unexpected pos …"). Files are made readable by all
+    (0644), as a cache may be shared. `mode` is "wb" or "w" (text: utf-8 unless `encoding` is given)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_file writes whole files: mode must be 'wb' or 'w', not {mode!r}")
     if mode == "w":
@@ -89,10 +107,13 @@ def atomic_file(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        cause = os_error_in(err) if isinstance(err, Exception) else None
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from err
 
 
 def write_text(path, text: str) -> Path:
@@ -102,6 +123,116 @@ def write_text(path, text: str) -> Path:
     return Path(path)
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with every non-finite float as None: strict JSON has no NaN or Infinity."""
+    if isinstance(obj, float):  # numpy's float64 too
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj: Any, sort_keys: bool = True) -> Path:
-    """Write `obj` as indented JSON to `path` atomically (numbers numpy or torch gives become floats)."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=float))
+    """Write `obj` as indented JSON to `path` atomically (numbers numpy or torch gives become floats;
+    NaN and ±inf become null)."""
+    return write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=sort_keys, allow_nan=False,
+                                       default=lambda x: _finite(float(x))))
+
+
+def first_line(exc: BaseException) -> str:
+    """First line of an exception message, bounded: torch's load errors run to paragraphs."""
+    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+class DamagedFile(ValueError):
+    """A file that exists but cannot be read as what it should be; the message names it and the fix."""
+
+
+def read_json(path, fix: str) -> Any:
+    """The JSON in `path`; a damaged file raises DamagedFile naming it and `fix`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedFile(f"{path} is not valid JSON ({reason}); {fix}") from None
+
+
+# -- failed reads and writes ---------------------------------------------------------------
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def os_error_in(err: BaseException) -> Optional[OSError]:
+    """The OSError that `err` is or was raised from (its cause or context), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def os_error_message(err: OSError, again: str = "run the same command again") -> str:
+    """A failed read or write in one line: the path, what went wrong, the fix. `again` says how
+    to carry on once the fix is made (a run resumes from its last checkpoint)."""
+    path = err.filename if err.filename is not None else "a file"
+    reason = err.strerror or str(err)
+    if err.errno in NO_SPACE:
+        return f"cannot write {path}: {reason} (the disk is full); free space there, then {again}"
+    if err.errno in NOT_WRITABLE:
+        return (f"cannot write {path}: {reason}; use a folder you can write to (--runs-dir / "
+                f"$SOSVAE_RUNS_DIR for runs, --output for run_all), or make that one writable")
+    return f"{path}: {reason}; check that path, then {again}"
+
+
+# -- one writer per folder -----------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock; the message names it."""
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    return text or "another process (starting up)"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, wait: bool = False, waiting: Optional[Callable[[str], None]] = None) -> Iterator[Path]:
+    """Hold `<folder>/.lock` for one writer: an OS file lock (flock), which the OS releases when
+    the process ends, killed or not, so a stale lock never outlives its holder.
+
+    The holder writes who it is (pid, host, start, command) into the file. Another process
+    gets FolderBusy naming it, or with `wait` blocks until it is free, telling `waiting` once
+    in a line. Folder and lock file are created as needed; readers do not lock."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy = f"{folder} is in use by {_holder(fd)}"
+                if not wait:
+                    raise FolderBusy(f"{busy}; wait for it to finish (train --wait) or use another folder") from None
+                if waiting is not None:
+                    waiting(f"{busy}; waiting for it to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+        me = (f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+              f"({command[:160]})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock

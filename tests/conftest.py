@@ -87,3 +87,36 @@ def celeba_root(tmp_path):
     from data_fakes import write_images
     write_images(tmp_path / "img_align_celeba", 40)
     return tmp_path
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """A disk that fills up, without root: every file `paths.atomic_file` opens takes writes until
+    `limit` bytes in all have been written, then raises ENOSPC. Returns the function that sets
+    the limit (None: no limit)."""
+    import errno
+    real, left = os.fdopen, {"bytes": None}
+
+    class Filling:
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, data):
+            if left["bytes"] is not None:
+                if len(data) > left["bytes"]:
+                    left["bytes"] = 0
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                left["bytes"] -= len(data)
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Filling(real(fd, *a, **k)))
+    return lambda limit: left.update(bytes=limit)

@@ -1,6 +1,10 @@
 """One runs folder for the command line, run_all.sh and Jupyter, and atomic writes (sosvae_core.paths)."""
+import errno
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +118,60 @@ def test_concurrent_writers_never_share_a_temp_file(tmp_path):
     fa.write("A"), fb.write("B")
     a.__exit__(None, None, None), b.__exit__(None, None, None)
     assert path.read_text() == "B" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_json_is_strict_nan_and_infinity_become_null(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"a": float("nan"), "b": [np.float32("nan"), float("inf"), 1.5], "c": np.float64("-inf"),
+                      "d": {"e": torch.tensor(float("nan")), "f": (2, None)}})
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in {path.read_text()}")
+    data = json.loads(path.read_text(), parse_constant=no_constants)
+    assert data == {"a": None, "b": [None, None, 1.5], "c": None, "d": {"e": None, "f": [2, None]}}
+
+
+def test_a_full_disk_names_the_file_even_through_torch_save(tmp_path, full_disk):
+    path = tmp_path / "checkpoint.pt"
+    write_text(path, "old")
+    full_disk(1000)  # torch.save alone would say "unexpected pos …"
+    with pytest.raises(OSError) as info:
+        with atomic_file(path) as f:
+            torch.save({"x": torch.zeros(10_000)}, f)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    message = paths.os_error_message(info.value)
+    assert message.startswith(f"cannot write {path}: No space left on device (the disk is full); free space")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_read_json_names_a_damaged_file_and_the_fix(tmp_path):
+    (tmp_path / "config.json").write_text('{"epochs": 3')
+    with pytest.raises(paths.DamagedFile, match=r"config.json is not valid JSON \(.*\); delete it"):
+        paths.read_json(tmp_path / "config.json", "delete it")
+
+
+HOLDER = """
+import sys, time
+from sosvae_core.paths import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_writer_per_folder_named_in_one_line_and_released_when_it_dies(tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(paths.FolderBusy) as info:
+            with paths.folder_lock(folder):
+                pytest.fail("two writers")
+        message = str(info.value)
+        assert message.startswith(f"{folder} is in use by process {holder.pid} on ") and "\n" not in message
+        assert "wait for it to finish (train --wait) or use another folder" in message
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the OS drops the lock
+        holder.wait()
+    with paths.folder_lock(folder) as lock:  # free at once
+        assert f"process {os.getpid()} " in lock.read_text()
