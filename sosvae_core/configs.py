@@ -46,9 +46,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .data.sources import DATASETS
+from .networks import UPSAMPLING
 from .observations import REGISTRY, get_observation_model
 
 PROFILES = ("smoke", "quick", "paper")
@@ -139,6 +143,13 @@ class Config:
     checkpoint_every: int = 500  # steps; a checkpoint is also written at each epoch end
     fid_n: int = 50_000
 
+    def __post_init__(self) -> None:
+        """Every field checked for its type and range on creation (`replace` and `from_dict`
+        too): a bad value fails here, in one line naming the field, the value and what is
+        allowed, before anything is trained or written. A whole number where a float is
+        expected becomes that float, and a list a tuple, so that equal configs hash equally."""
+        _check_fields(self)
+
     def image_shape(self, native: Tuple[int, int, int]) -> Tuple[int, int, int]:
         c = native[0]
         return (c, *self.image_size) if self.image_size else tuple(native)
@@ -170,6 +181,84 @@ class Config:
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+class ConfigError(ValueError):
+    """A config field holds a value it cannot take; the message names the field and what it takes."""
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range
+NORMS = ("batch", "group", "none")  # networks.norm_layer
+# the whole-number fields and their lowest value; the real-number fields and their sign (finite)
+WHOLE = {"n_images": 1, "split_seed": 0, "latent_dim": 1, "rank": 1, "blocks": 1, "epochs": 1,
+         "pretrain_epochs": 0, "batch_size": 1, "seed": 0, "checkpoint_every": 0, "fid_n": 2,
+         "head_channels": 1, "stencil": 3}
+POSITIVE, NON_NEGATIVE = "> 0", "≥ 0"
+REAL = {"eps": POSITIVE, "damping": NON_NEGATIVE, "multiplier_lr": NON_NEGATIVE, "lr": POSITIVE,
+        "release_warmup_epochs": NON_NEGATIVE, "diagonal_lr_factor": POSITIVE, "target_kl": NON_NEGATIVE,
+        "lr_after_pretrain": POSITIVE, "pretrain_min_improvement": NON_NEGATIVE}
+MAY_BE_NONE = ("head_channels", "target_kl", "lr_after_pretrain", "pretrain_min_improvement",
+               "image_size", "target_entropy_at")
+SWITCHES = ("one_sided_damping", "amp", "channels_last", "compile")
+
+
+def _is_whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_fields(cfg: "Config") -> None:
+    def fail(name, allowed):
+        none = " or None" if name in MAY_BE_NONE else ""
+        raise ConfigError(f"config field {name} must be {allowed}{none}, not {getattr(cfg, name)!r}")
+
+    for name in ("experiment", "dataset", "profile", "model", "norm", "upsample"):
+        if not isinstance(getattr(cfg, name), str):
+            fail(name, "a name")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.experiment):
+        fail("experiment", "a name of letters, digits, '_', '.' or '-' (it names the run folder)")
+    for name, choices in (("dataset", tuple(DATASETS)), ("profile", PROFILES), ("model", MODELS),
+                          ("norm", NORMS), ("upsample", UPSAMPLING)):
+        if getattr(cfg, name) not in choices:
+            fail(name, "one of " + ", ".join(choices))
+    for name, low in WHOLE.items():
+        v = getattr(cfg, name)
+        if v is None and name in MAY_BE_NONE:
+            continue
+        high = SEED_MAX if name in ("seed", "split_seed") else None
+        if not _is_whole(v) or v < low or (high is not None and v > high):
+            fail(name, f"a whole number ≥ {low}" + (f" and ≤ {high}" if high else ""))
+        setattr(cfg, name, int(v))
+    if cfg.stencil % 2 == 0:
+        fail("stencil", "an odd whole number ≥ 3")
+    for name, sign in REAL.items():
+        v = getattr(cfg, name)
+        if v is None and name in MAY_BE_NONE:
+            continue
+        if not _is_real(v) or not (v > 0 if sign == POSITIVE else v >= 0):
+            fail(name, f"a finite number {sign}")
+        setattr(cfg, name, float(v))
+    for name in SWITCHES:
+        if not isinstance(getattr(cfg, name), bool):
+            fail(name, "True or False")
+    if isinstance(cfg.channels, list):
+        cfg.channels = tuple(cfg.channels)
+    if not (isinstance(cfg.channels, tuple) and cfg.channels and all(_is_whole(c) and c >= 1 for c in cfg.channels)):
+        fail("channels", "a non-empty tuple of whole numbers ≥ 1, e.g. (16, 32, 64)")
+    cfg.channels = tuple(int(c) for c in cfg.channels)
+    if cfg.image_size is not None:
+        size = cfg.image_size
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_whole(v) and v >= 1 for v in size)):
+            fail("image_size", "(H, W), two whole numbers ≥ 1")
+        cfg.image_size = (int(size[0]), int(size[1]))
+    if cfg.target_entropy_at is not None:
+        at = cfg.target_entropy_at
+        if not (isinstance(at, (tuple, list)) and len(at) == 2 and _is_real(at[0]) and at[0] > 0 and _is_real(at[1])):
+            fail("target_entropy_at", "(S₀, ξ_H at S₀): a pixel count > 0 and a finite entropy")
+        cfg.target_entropy_at = tuple(at)
 
 
 # Fields that do not change what a run trains: the speed switches (bf16 autocast, channels-last,

@@ -1,5 +1,6 @@
 import pytest
 
+import json
 import math
 
 from sosvae_core.configs import (EXPERIMENTS, MODELS, PROFILES, Config, floor_entropy, get_config,
@@ -112,3 +113,35 @@ def test_quick_heads_see_64_feature_maps_as_the_papers():
             assert quick.head_channels == 64 and quick.channels[0] == 16, (experiment, model)
         paper = get_config(experiment, "paper")
         assert paper.head_channels is None and paper.channels[0] == 64, experiment
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("epochs", "abc", "a whole number ≥ 1"), ("epochs", 0, "a whole number ≥ 1"),
+    ("rank", 0, "a whole number ≥ 1"), ("rank", -1, "a whole number ≥ 1"),
+    ("batch_size", 0, "a whole number ≥ 1"), ("batch_size", -5, "a whole number ≥ 1"),
+    ("seed", 1.5, "a whole number ≥ 0 and ≤ 4294967295"), ("seed", True, "a whole number"),
+    ("damping", float("nan"), "a finite number ≥ 0"), ("eps", 0, "a finite number > 0"),
+    ("lr", float("inf"), "a finite number > 0"), ("channels", (), "a non-empty tuple"),
+    ("channels", (8, 0), "a non-empty tuple"), ("image_size", 32, "(H, W)"),
+    ("stencil", 4, "an odd whole number ≥ 3"), ("norm", "layer", "one of batch, group, none"),
+    ("model", "vae", "one of"), ("amp", 1, "True or False"), ("fid_n", 1, "a whole number ≥ 2"),
+    ("target_kl", -1.0, "a finite number ≥ 0"), ("lr_after_pretrain", 0, "a finite number > 0"),
+    ("target_entropy_at", (0, -1.0), "a pixel count > 0"), ("experiment", "a/b", "it names the run folder"),
+])
+def test_every_field_is_checked_on_creation_in_one_line(field, value, allowed):
+    with pytest.raises(ValueError) as info:
+        get_config("lfw", "smoke").replace(**{field: value})
+    message = str(info.value)
+    assert message.startswith(f"config field {field} must be ") and allowed in message, message
+    assert repr(value) in message and "\n" not in message
+
+
+def test_numbers_take_their_fields_type_so_equal_configs_are_equal():
+    cfg = get_config("lfw", "smoke", lr=1, channels=[8, 16], image_size=[20, 20])
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.channels == (8, 16) and cfg.image_size == (20, 20)
+    assert cfg == get_config("lfw", "smoke", lr=1.0, channels=(8, 16), image_size=(20, 20))
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+    for experiment in EXPERIMENTS:  # every named config is valid as it stands
+        for profile in PROFILES:
+            for model in MODELS:
+                get_config(experiment, profile, model)
