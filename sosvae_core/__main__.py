@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,10 +23,32 @@ def _parse_overrides(pairs):
     return out
 
 
+def _resumed_config(args):
+    """The config of the run folder `--resume` names, with the `--set` overrides that may change
+    on resume (train.RESUMABLE_FIELDS); any other override, or --config/--model/--profile/--run-dir,
+    is refused by name."""
+    from .runs import run_config
+    from .train import RESUMABLE_FIELDS, config_differences
+
+    given = [f"--{flag.replace('_', '-')}" for flag in ("config", "model", "profile", "run_dir")
+             if getattr(args, flag) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot go with --resume: the run folder decides them; "
+                         f"leave them out, or train a new run without --resume")
+    saved = run_config(args.resume)
+    cfg = saved.replace(**_parse_overrides(args.set))
+    fixed = config_differences(saved, cfg)
+    if fixed:
+        raise ValueError(f"--resume cannot change what the run trains ({fixed}); only "
+                         f"{', '.join(RESUMABLE_FIELDS)} may change: train a new run with --config … --set "
+                         f"instead")
+    return cfg
+
+
 def cmd_train(args) -> int:
     import torch.distributed as dist
 
-    from .configs import Config, get_config
+    from .configs import get_config
     from .paths import cache_root, runs_root
     from .runs import run_name
     from .train import Trainer
@@ -44,20 +65,18 @@ def cmd_train(args) -> int:
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            if not (run_dir / "config.json").exists():
-                raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); "
-                                        f"pass the folder that `train` printed")
-            cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+            cfg = _resumed_config(args)
         else:
             if not args.config:
-                raise ValueError("give --config NAME (celeba, celeba64_gray, brain, lfw) or --resume RUN")
-            cfg = get_config(args.config, args.profile, args.model, **_parse_overrides(args.set))
-            run_dir = Path(args.run_dir) if args.run_dir else runs_root(args.runs_dir) / run_name(cfg)
+                raise ValueError("give --config NAME (celeba, celeba64_gray, brain, portraits, lfw) or --resume RUN")
+            cfg = get_config(args.config, args.profile or "quick", args.model or "sos", **_parse_overrides(args.set))
+            run_dir = (Path(args.run_dir) if args.run_dir else
+                       runs_root(args.runs_dir) / run_name(cfg, args.data_root))
         if not distributed or dist.get_rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
         trainer = Trainer(cfg, run_dir, data_root=args.data_root, device=args.device,
                           progress=not args.no_progress, cache_dir=cache_root(args.cache_dir, args.runs_dir))
-        trainer.fit(max_steps=args.max_steps)
+        trainer.fit(max_steps=args.max_steps, wait=args.wait)
         if trainer.is_main:
             state = "stopped at" if args.max_steps and trainer.epoch < cfg.epochs else "finished:"
             print(f"{state} epoch {trainer.epoch}, step {trainer.step}, "
@@ -103,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train (or resume) a model")
     t.add_argument("--config", help="experiment: celeba, celeba64_gray, brain or lfw (bundled)")
-    t.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
-    t.add_argument("--model", default="sos", choices=list(REGISTRY))
+    t.add_argument("--profile", choices=["smoke", "quick", "paper"], help="default: quick")
+    t.add_argument("--model", choices=list(REGISTRY), help="default: sos")
     t.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
-    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder (--set may change epochs and "
+                                                   "the runtime-only fields)")
+    t.add_argument("--wait", action="store_true", help="when another process is writing the run folder, wait for "
+                                                       "it instead of stopping")
     t.add_argument("--runs-dir", help="parent of run folders, shared with run_all.sh and the notebooks "
                                       "(default: $SOSVAE_RUNS_DIR, else runs/ of the checkout)")
     t.add_argument("--cache-dir", help="decoded-image cache (default: $SOSVAE_CACHE_DIR, else cache/ beside the runs)")
@@ -151,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .paths import os_error_message
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -159,6 +183,9 @@ def main(argv=None) -> int:
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a disk full, a read-only folder: the path and the fix, not a traceback
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -102,40 +102,39 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
     What each job prints (a line per epoch) goes to `stream` as it comes; a failed job
     stops the others and raises with the end of its error output. Returns {run name:
     seconds} of the runs trained now."""
-    from .runs import run_name
+    from .runs import is_finished, run_name
     stream = stream or sys.stdout
     runs = runs_root(runs_dir).resolve()
     cache = cache_root(runs_dir=runs).resolve()
     jobs = parse_jobs(jobs) if jobs is not None else default_jobs(device)
-    todo, seen = [], set()
+    todo = {}  # run name (which depends on the data too): config
     for cfg in cfgs:
-        name = run_name(cfg)
-        if name not in seen and not (runs / name / "done.json").exists():
-            seen.add(name)
-            todo.append(cfg)
-    todo.sort(key=relative_cost, reverse=True)
+        name = run_name(cfg, data_root)
+        if name not in todo and not is_finished(runs / name):
+            todo[name] = cfg
+    todo = sorted(todo.items(), key=lambda item: relative_cost(item[1]), reverse=True)
     if not todo:
         return {}
     threads = threads_per_job(min(jobs, len(todo)))
     env = dict(os.environ, **thread_environment(min(jobs, len(todo))), PYTHONUNBUFFERED="1")
     print(f"training {len(todo)} run(s), {min(jobs, len(todo))} at a time, {threads} thread(s) each: "
-          + ", ".join(run_name(c) for c in todo), file=stream, flush=True)
+          + ", ".join(name for name, _ in todo), file=stream, flush=True)
     lock = threading.Lock()
     queue, running, times = deque(todo), [], {}
     runs.mkdir(parents=True, exist_ok=True)
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                cfg = queue.popleft()
-                err = (runs / f".{run_name(cfg)}.stderr").open("w+")
+                name, cfg = queue.popleft()
+                err = (runs / f".{name}.stderr").open("w+")
                 proc = subprocess.Popen(train_command(cfg, runs, cache, data_root, device), env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=err)
                 relay = threading.Thread(target=_relay, args=(proc.stdout, stream, lock), daemon=True)
                 relay.start()
-                running.append((cfg, proc, err, relay, time.time()))
+                running.append((name, proc, err, relay, time.time()))
             time.sleep(0.2)
             for item in list(running):
-                cfg, proc, err, relay, t0 = item
+                name, proc, err, relay, t0 = item
                 if proc.poll() is None:
                     continue
                 relay.join()
@@ -144,11 +143,11 @@ def train_all(cfgs: Iterable[Config], runs_dir=None, data_root=None, device: str
                 tail = err.read().strip().splitlines()[-15:]
                 _discard(err)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"training {run_name(cfg)} failed (exit {proc.returncode}):\n  "
+                    raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n  "
                                        + "\n  ".join(tail))
-                times[run_name(cfg)] = round(time.time() - t0, 1)
+                times[name] = round(time.time() - t0, 1)
     finally:
-        for cfg, proc, err, relay, _ in running:  # a failure or an interrupt: stop the others
+        for _, proc, err, relay, _ in running:  # a failure or an interrupt: stop the others
             proc.terminate()
             proc.wait()
             _discard(err)

@@ -1,16 +1,22 @@
 """Training: one `Trainer` for every model, with exact resume (paper Section 3.3).
 
 A run lives in one folder:
-    config.json           the Config, as trained
-    checkpoint.pt         the latest state, written atomically (temp file + rename)
+    config.json           the Config, as trained (written once it is checked against the folder)
+    checkpoint.pt         the latest state, with the data's identity, written atomically
     metrics_steps.csv     every step: NLL, KL, entropy, both multipliers, mean variance, grad norm
     metrics_epochs.csv    every epoch: the same averaged, plus validation NLL and KL
-    done.json             written last: the run finished, with its wall time
+    done.json             written last: the run finished (after at least one step), its wall time
+    .lock                 held by the one process that writes the folder (`paths.folder_lock`)
 
 Resuming restores model, optimiser, multipliers, epoch/step, every RNG and the data
 order (the epoch's permutation is re-derived from the seed, the consumed batches
 are skipped), so an interrupted CPU run ends with the same weights as one that
-was never interrupted.
+was never interrupted. The metrics logs grow by one whole row per write and are
+flushed to disk before each checkpoint; a run that starts cuts them back to the state it
+continues from (the checkpoint's step, or nothing), dropping the rows an interrupted
+process logged after its last checkpoint and a row cut short, so a step is never
+logged twice and the logs equal those of an uninterrupted run. Only `epochs` and the
+runtime-only fields (RESUMABLE_FIELDS) may differ from the folder's config.
 
 Distributed: under `torchrun`, ranks share the data with a DistributedSampler,
 rank 0 writes checkpoints and logs, and the constraint violations are all-reduced
@@ -24,13 +30,17 @@ rank's shard on its own (use norm='group', or SyncBatchNorm on CUDA).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+import os
 import random
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,19 +48,99 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from .configs import Config
+from .configs import RUNTIME_FIELDS, Config
 from .data import to_float
 from .networks import build_model
 from .observations import CapacitanceError, get_observation_model
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
-from .paths import atomic_file, write_json, write_text
+from .paths import (DamagedFile, atomic_file, first_line, folder_lock, os_error_message, read_json, write_json,
+                    write_text)
 
 PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
 
 
+# Fields a run folder's config may change on resume: how long it trains, and how fast it goes
+# or is evaluated. Every other field decides what is trained.
+RESUMABLE_FIELDS = ("epochs", *RUNTIME_FIELDS)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or the variance became NaN/Inf or exploded; the message names the step."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder could not be written (disk full, read-only); the message names the path and the fix."""
+
+
+def config_differences(saved: Config, asked: Config, ignore=RESUMABLE_FIELDS) -> str:
+    """The fields two configs disagree on, outside `ignore`, as 'name: saved there, asked here'; '' if none."""
+    a, b = saved.identity(), asked.identity()
+    return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
+                     if k not in ignore and a.get(k) != b.get(k))
+
+
+def read_config(path) -> Config:
+    """The Config in a run folder's config.json; a damaged file raises DamagedFile naming it."""
+    fix = "delete it (checkpoint.pt holds the config too) or use another run folder"
+    data = read_json(path, fix)
+    try:
+        return Config.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise DamagedFile(f"{path} holds no valid config ({first_line(err)}); {fix}") from None
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint's state; an unreadable one raises DamagedFile naming it and the fix."""
+    open(path, "rb").close()  # failing to open it is an OSError (its path, permissions); failing to read it, damage
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise DamagedFile(f"checkpoint {path} is damaged ({first_line(err)}); delete it to train the run "
+                          f"again") from None
+    if not isinstance(state, dict) or not {"model", "config", "step", "epoch"} <= set(state):
+        raise DamagedFile(f"checkpoint {path} is not a sosvae_core checkpoint; delete it to train the run again")
+    return state
+
+
+def read_log(path) -> Tuple[List[str], List[Dict[str, str]]]:
+    """A metrics log's header and its whole rows, as text. A row that a crash or a full disk cut
+    short (no line end, too few fields, a number cut mid-way) is left out."""
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    table = list(csv.reader(lines))
+    header, rows = (table[0], table[1:]) if table else ([], [])
+
+    def whole(values) -> bool:  # every field there, each a number
+        if len(values) != len(header):
+            return False
+        try:
+            [float(v) for v in values]
+        except ValueError:
+            return False
+        return True
+    return header, [dict(zip(header, values)) for values in rows if whole(values)]
+
+
+def _describe(data: dict) -> str:
+    files = f" of {data['files']:,} images" if data.get("files") is not None else ""
+    return f"{data.get('dataset')}: {data.get('source')}{files}, fingerprint {data.get('fingerprint')}"
+
+
+def _append(path: Path, text: str) -> None:
+    # one write of whole lines: killed part-way, it leaves a row read_log drops
+    with path.open("a", newline="", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -138,10 +228,14 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir, datasets: Optional[Dict] = None,
                  data_root=None, device: str = "auto", progress: bool = True,
-                 cache_dir=None, tensorboard: bool = True):
+                 cache_dir=None, tensorboard: bool = True, data_identity: Optional[dict] = None):
+        """data_identity: what the data are (`runs.data_identity`), kept in the checkpoint and
+        checked on resume; found from the config and `data_root` when the trainer loads the data
+        itself, else unknown (None) unless given."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
+        self.tensorboard = tensorboard
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
@@ -149,7 +243,11 @@ class Trainer:
         self.device = select_device(device)
         if datasets is None:
             from .data import dataset_args, load_splits
+            if data_identity is None:
+                from .runs import data_identity as identify
+                data_identity = identify(cfg, data_root)
             datasets = load_splits(**dataset_args(cfg), data_root=data_root, cache_dir=cache_dir)
+        self.data_identity = data_identity
         self.train_set, self.val_set = datasets["train"], datasets.get("val")
         self.image_shape = tuple(self.train_set.images.shape[1:])
         self.flip = bool(getattr(self.train_set, "flip", False))
@@ -189,13 +287,8 @@ class Trainer:
                 self.objective_terms, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.pretrain_epochs > 0)
         self.forward = torch.compile(self.objective_terms) if cfg.compile else self.objective_terms
-        self._tb = None
-        if tensorboard and self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except ImportError:
-                pass
+        self._tb = None  # the TensorBoard writer, opened by fit() once it holds the folder
+        self._log_fields: Dict[str, Optional[List[str]]] = {}  # each log's header, once it has one
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -211,27 +304,38 @@ class Trainer:
                 "step": self.step, "step_in_epoch": self.step_in_epoch,
                 "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen, self.device),
                 "image_shape": list(self.image_shape),
-                "config": json.loads(self.cfg.to_json())}
+                "config": json.loads(self.cfg.to_json()), "data": self.data_identity}
 
     def save_checkpoint(self) -> None:
         if self.is_main:
+            for kind in ("steps", "epochs"):  # the logged rows reach the disk before the state that follows them
+                if self._log_path(kind).exists():
+                    _sync(self._log_path(kind))
             with atomic_file(self.checkpoint_path) as f:
                 torch.save(self.state_dict(), f)
         if self.distributed:  # no rank runs ahead of (or reads) a checkpoint still being written
             dist.barrier()
 
     def load_checkpoint(self) -> bool:
+        """Restore the folder's checkpoint, if any, once it is checked: the same config (but for
+        RESUMABLE_FIELDS), no more epochs than asked for, and the same data where both are known."""
         if not self.checkpoint_path.exists():
             return False
+        state = read_checkpoint(self.checkpoint_path, self.device)
         try:
-            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        except Exception as err:
-            raise RuntimeError(f"checkpoint {self.checkpoint_path} is unreadable ({err}); "
-                               f"delete it to start the run again") from None
-        saved = Config.from_dict(state["config"])
-        if saved.identity() != self.cfg.identity():
-            raise ValueError(f"the run folder {self.run_dir} holds a different config; "
-                             f"use another run folder or resume with the saved config")
+            saved = Config.from_dict(state["config"])
+        except (TypeError, ValueError) as err:
+            raise DamagedFile(f"checkpoint {self.checkpoint_path} holds no valid config ({first_line(err)}); "
+                              f"delete it to train the run again") from None
+        self._refuse_another_run(saved)
+        if state["epoch"] > self.cfg.epochs:
+            raise ValueError(f"the run in {self.run_dir} has trained {state['epoch']} epochs, more than "
+                             f"epochs={self.cfg.epochs}; ask for epochs={state['epoch']} or more")
+        known = state.get("data"), self.data_identity
+        if None not in known and known[0] != known[1]:
+            raise ValueError(f"the run in {self.run_dir} was trained on other data ({_describe(known[0])}) "
+                             f"than these ({_describe(known[1])}); resume it with the --data-root it was "
+                             f"trained on, or train a new run")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.multipliers.load_state_dict(state["multipliers"])
@@ -241,22 +345,35 @@ class Trainer:
         self.pretrain_val_nll = state.get("pretrain_val_nll")
         self.release_step = state.get("release_step")
         _set_rng_state(state["rng"], self.flip_gen, self.device)
-        # drop log rows written after this checkpoint by the interrupted process
-        self._truncate_log("steps", lambda r: int(r["step"]) <= self.step)
-        self._truncate_log("epochs", lambda r: int(r["epoch"]) < self.epoch)
         return True
 
-    def _truncate_log(self, kind: str, keep) -> None:
-        path = self.run_dir / f"metrics_{kind}.csv"
-        if not self.is_main or not path.exists():
-            return
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields, rows = reader.fieldnames, [r for r in reader if keep(r)]
-        with atomic_file(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+    def _log_path(self, kind: str) -> Path:
+        return self.run_dir / f"metrics_{kind}.csv"
+
+    def _cut_logs(self) -> None:
+        """Keep in each metrics log only the rows of the state training continues from: those an
+        interrupted process logged after its last checkpoint (all, without one) and a row cut
+        short go, so that no step is logged twice."""
+        keep = {"steps": lambda r: float(r["step"]) <= self.step, "epochs": lambda r: float(r["epoch"]) < self.epoch}
+        for kind, wanted in keep.items():
+            path = self._log_path(kind)
+            header, rows = read_log(path) if path.exists() else ([], [])
+            rows = [r for r in rows if wanted(r)]
+            self._log_fields[kind] = header if rows else None
+            if not rows:
+                path.unlink(missing_ok=True)
+                continue
+            with atomic_file(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                writer.writerows([r[k] for k in header] for r in rows)
+
+    def _refuse_another_run(self, saved: Config) -> None:
+        """The folder's run must be this one, but for RESUMABLE_FIELDS."""
+        differ = config_differences(saved, self.cfg)
+        if differ:
+            raise ValueError(f"the run folder {self.run_dir} holds another run ({differ}); use another run "
+                             f"folder, or continue that run with --resume {self.run_dir}")
 
     # -- one step --------------------------------------------------------------------
 
@@ -343,15 +460,47 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def fit(self, max_steps: Optional[int] = None, resume: bool = True) -> torch.nn.Module:
-        """Train to `cfg.epochs` (or stop after `max_steps` total steps, checkpointed)."""
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.json", self.cfg.to_json())
-        if self.distributed:  # rank 0 has set up the folder before any rank reads from it
+    def fit(self, max_steps: Optional[int] = None, resume: bool = True, wait: bool = False) -> torch.nn.Module:
+        """Train to `cfg.epochs` (or stop after `max_steps` total steps, checkpointed).
+
+        One writer per run folder: the main process holds its lock while it trains; another
+        process gets FolderBusy naming it, or with `wait` waits for it (and then continues from
+        where it stopped). Nothing is written before the folder's config, checkpoint and data are
+        checked against this run. A failed write raises RunFolderError in one line."""
+        try:
+            with self._holding(wait):
+                return self._fit(max_steps, resume)
+        except OSError as err:
+            raise RunFolderError(os_error_message(
+                err, again="run the same command again: the run resumes from its last checkpoint")) from None
+
+    @contextlib.contextmanager
+    def _holding(self, wait: bool):
+        if not self.is_main:
+            yield
+            return
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        with folder_lock(self.run_dir, wait=wait, waiting=say):
+            try:
+                yield
+            finally:
+                if self._tb is not None:
+                    self._tb.close()
+                    self._tb = None
+
+    def _fit(self, max_steps: Optional[int], resume: bool) -> torch.nn.Module:
+        if self.is_main and (self.run_dir / "config.json").exists():  # before anything in it is written
+            self._refuse_another_run(read_config(self.run_dir / "config.json"))
+        if self.distributed:  # rank 0 holds the folder before any rank reads from it
             dist.barrier()
         if resume:
             self.load_checkpoint()
+        if self.is_main:
+            self._cut_logs()
+            write_text(self.run_dir / "config.json", self.cfg.to_json())
+            if self.epoch < self.cfg.epochs:  # training again: finished no longer
+                (self.run_dir / "done.json").unlink(missing_ok=True)
+            self._open_tensorboard()
         sampler = DistributedSampler(range(len(self.train_set.images)), num_replicas=self.world,
                                      rank=self.rank, shuffle=True, seed=self.cfg.seed, drop_last=True)
         per_rank = self.cfg.batch_size // self.world
@@ -404,12 +553,23 @@ class Trainer:
             if self.progress and self.is_main:
                 print(epoch_line(self.cfg, self.epoch, summary, pretrain), flush=True)
         if self.is_main:
+            if self.step == 0:
+                raise RuntimeError(f"{self.run_dir}: no optimisation step was taken, so the run is not finished")
             done = {"epochs": self.epoch, "steps": self.step, "wall_time_s": round(self.wall_time, 2),
-                    "device": str(self.device), "world_size": self.world}
+                    "device": str(self.device), "world_size": self.world, "data": self.data_identity}
             write_json(self.run_dir / "done.json", done, sort_keys=False)
-        if self._tb:
-            self._tb.flush()
         return self.model
+
+    def _open_tensorboard(self) -> None:
+        """The TensorBoard writer, hiding the events an interrupted process logged after the
+        step this run continues from (purge_step), as the metrics logs drop them."""
+        if not self.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     def _set_learning_rates(self, pretrain: bool, steps_per_epoch: int) -> None:
         """lr (or lr_after_pretrain once pre-training has ended) for every parameter; for the
@@ -454,24 +614,24 @@ class Trainer:
         self.pretrain_done = done
 
     def _epoch_average(self, rows) -> dict:
-        """Means over the epoch's steps, read back from the log when the epoch was resumed."""
-        path = self.run_dir / "metrics_steps.csv"
+        """Means over the epoch's steps, read back from the log (a resumed epoch's first steps are there)."""
+        path = self._log_path("steps")
         if self.is_main and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) == self.epoch]
+            rows = [r for r in read_log(path)[1] if float(r["epoch"]) == self.epoch]
         keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "wall_time")]
         return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
 
     def _log(self, kind: str, row: dict) -> None:
         if not self.is_main:
             return
-        path = self.run_dir / f"metrics_{kind}.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        fields = self._log_fields.get(kind)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields or list(row))
+        if fields is None:
+            writer.writeheader()
+            self._log_fields[kind] = list(row)
+        writer.writerow(row)
+        _append(self._log_path(kind), text.getvalue())
         if self._tb:
             for k, v in row.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v):

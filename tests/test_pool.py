@@ -23,7 +23,8 @@ def test_each_planned_job_trains_the_run_folder_the_notebooks_load(tmp_path, dat
     plan = ctx.planned_configs()
     datasets = {c.experiment for c in plan}
     assert datasets == ({"celeba", "brain", "celeba64_gray"} if data else {"portraits", "lfw"})
-    assert len({run_name(c) for c in plan}) == len(plan) == (9 if data else 7)
+    # one folder per planned config (the data's identity, the same for all, stubbed: no images here)
+    assert len({run_name(c, data={}) for c in plan}) == len(plan) == (9 if data else 7)
     for cfg in plan:
         cmd = pool.train_command(cfg, tmp_path / "runs", tmp_path / "cache")
         assert "--set" not in cmd  # the plan is the profiles as they are

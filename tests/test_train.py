@@ -1,14 +1,24 @@
 import csv
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from sosvae_core import train
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.observations import REGISTRY
+from sosvae_core.paths import folder_lock
 from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
-from sosvae_core.train import Trainer, TrainingDiverged, epoch_line
+from sosvae_core.train import Trainer, TrainingDiverged, epoch_line, read_log
+
+KILL_WORKER = Path(__file__).resolve().parent / "_kill_worker.py"
 
 
 def epochs_log(run_dir):
@@ -258,3 +268,168 @@ def test_epoch_line_formats_missing_numbers_and_long_runs():
     line = epoch_line(cfg, 1, {"nll": 12.5, "kl": float("nan"), "wall_time": 4000.0}, pretrain=True)
     assert line.startswith("[lfw/distribution] epoch 1/100 (mean only) · NLL 12.5 (val —) · mean MSE (val) — · KL —")
     assert "· 1h06m/epoch ·" in line and line.endswith("ETA 110h00m")
+
+
+# -- a run folder under kills, a second writer, bad values and failing disks ------------------------
+
+# 7 steps an epoch (70 training faces, batch 10), a checkpoint every 4 steps and at each epoch's end
+KILLED_RUN = ["train", "--config", "lfw", "--profile", "smoke", "--no-progress", "--set", "epochs=3", "checkpoint_every=4"]
+
+
+def logged(run, kind):
+    """A metrics log's whole rows without the wall time (the one column that differs between runs)."""
+    return [{k: v for k, v in row.items() if k != "wall_time"} for row in read_log(run / f"metrics_{kind}.csv")[1]]
+
+
+def killed_at(when, step, run):
+    """The command line into `run`, killed with SIGKILL at `when` of `step` (tests/_kill_worker.py)."""
+    return subprocess.run([sys.executable, str(KILL_WORKER), when, str(step), *KILLED_RUN, "--run-dir", str(run)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_kill_9_at_any_point_resumes_to_the_uninterrupted_weights_and_metrics(tmp_path):
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    assert killed_at("never", 0, reference).returncode == 0  # the same processes, uninterrupted
+    # before the first checkpoint; mid-epoch; half-way through a step's row, and an epoch's row
+    for when, step, checkpoint in [("after-row", 3, None), ("after-row", 10, 8), ("mid-row", 13, 12),
+                                   ("mid-epoch-row", 14, 12)]:
+        proc = killed_at(when, step, run)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        saved = torch.load(run / "checkpoint.pt", weights_only=False)["step"] if checkpoint else None
+        assert saved == checkpoint and (run / "checkpoint.pt").exists() == bool(checkpoint)
+        cut = (run / f"metrics_{'epochs' if when == 'mid-epoch-row' else 'steps'}.csv").read_text()
+        assert cut.endswith("\n") == (when == "after-row")  # the kill left half a row
+        steps = [int(r["step"]) for r in logged(run, "steps")]
+        assert steps == list(range(1, step + (when != "mid-row")))  # whole rows, each step once
+    finished = killed_at("never", 0, run)
+    assert finished.returncode == 0, finished.stderr
+    for kind in ("steps", "epochs"):  # no step twice, and the epoch averages of the uninterrupted run
+        assert logged(run, kind) == logged(reference, kind)
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["model"] for r in (reference, run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cut_last_row_is_left_out_and_resume_continues(lfw, tmp_path):
+    cfg = smoke("sos", epochs=2, checkpoint_every=4)
+    Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False).fit(max_steps=5)
+    with open(tmp_path / "metrics_steps.csv", "a") as f:
+        f.write("0.5,1234.5,0.1")  # what a full disk leaves of the next row
+    assert list(read_metrics(tmp_path)["step"]) == [1, 2, 3, 4, 5]  # a reader sees whole rows
+    Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False).fit()  # was a TypeError
+    assert list(read_metrics(tmp_path)["step"]) == list(range(1, 15))
+    assert (tmp_path / "metrics_steps.csv").read_text().endswith("\n")
+
+
+def test_a_second_writer_is_told_who_holds_the_run_and_stops_or_waits(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "sosvae_core", "train", "--config", "lfw", "--profile", "smoke",
+               "--no-progress", "--set", "epochs=1", "--run-dir", str(run)]
+    busy = f"{run} is in use by process {os.getpid()} on "
+    with folder_lock(run):  # this process trains there
+        second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 2 and second.stderr.startswith(f"error: {busy}"), second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "(train --wait)" in second.stderr
+        assert [p.name for p in run.iterdir()] == [".lock"]  # it wrote nothing
+        waiting = subprocess.Popen(command + ["--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = next(line for line in waiting.stderr if busy in line or not line)
+        assert line.startswith(busy) and line.rstrip().endswith("; waiting for it to finish"), line
+        assert not (run / "config.json").exists()
+    out, err = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0 and "finished: epoch 1" in out, err
+    assert [int(r["step"]) for r in logged(run, "steps")] == list(range(1, 8))
+
+
+def test_another_run_is_refused_before_anything_is_written_and_resume_takes_what_may_change(lfw, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--config", "lfw", "--profile", "smoke", "--no-progress", "--run-dir", str(run), "--set",
+            "epochs=1"]
+    assert cli(base) == 0
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert cli(base + ["--model", "beta"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the run folder {run} holds another run (model: 'sos' there, 'beta' here")
+    assert len(err.strip().splitlines()) == 1 and (run / "config.json").read_text() == config
+    # --resume applies epochs and the runtime fields, and refuses the rest by name
+    assert cli(["train", "--resume", str(run), "--no-progress", "--set", "epochs=2", "checkpoint_every=3"]) == 0
+    assert "finished: epoch 2, step 14" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2 and len(epochs_log(run)) == 2
+    assert cli(["train", "--resume", str(run), "--set", "lr=0.5"]) == 2
+    assert "--resume cannot change what the run trains (lr: 0.001 there, 0.5 here); only epochs," \
+        in capsys.readouterr().err
+    assert cli(["train", "--resume", str(run), "--model", "beta"]) == 2
+    assert "--model cannot go with --resume" in capsys.readouterr().err
+    assert cli(["train", "--resume", str(run), "--set", "epochs=1"]) == 2
+    assert "has trained 2 epochs, more than epochs=1; ask for epochs=2 or more" in capsys.readouterr().err
+
+
+def test_a_run_folder_extended_by_resume_is_not_loaded_as_the_shorter_config(lfw, tmp_path):
+    cfg = smoke("beta", epochs=1)
+    run = get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=False).run_dir
+    Trainer(cfg.replace(epochs=2), run, datasets=lfw, progress=False, tensorboard=False).fit()
+    with pytest.raises(ValueError, match=r"holds another run \(epochs: 2 there, 1 here\); move it away"):
+        get_or_train(cfg, runs_dir=tmp_path, datasets=lfw, progress=False)
+
+
+@pytest.mark.parametrize("setting", ["epochs=abc", "rank=0", "batch_size=0", "seed=1.5", "damping=nan",
+                                     "channels=()", "batch_size=-5", "eps=0", "rank=-1"])
+def test_bad_config_values_are_one_line_before_anything_is_written(setting, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(["train", "--config", "lfw", "--profile", "smoke", "--run-dir", str(run), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: config field {setting.split('=')[0]} must be ") and "\n" not in err, err
+    assert not run.exists()  # no config.json, no done.json after 0 steps
+
+
+def failing(real, code, when):
+    """`real(path, …)`, but raising OSError `code` on `path` where `when(path, …)` holds."""
+    def call(path, *args, **kwargs):
+        if when(path, *args):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+    return call
+
+
+def test_read_only_folder_and_full_disk_are_one_line_with_the_fix(tmp_path, capsys, monkeypatch, full_disk):
+    run = tmp_path / "runs" / "run"
+    args = ["train", "--config", "lfw", "--profile", "smoke", "--no-progress", "--set", "epochs=2", "--run-dir",
+            str(run)]
+    with monkeypatch.context() as patch:  # as root, chmod would not stop a write
+        patch.setattr(os, "mkdir", failing(os.mkdir, errno.EROFS, lambda path, *_: str(tmp_path / "runs") in str(path)))
+        assert cli(args) == 2
+    assert capsys.readouterr().err == (f"error: cannot write {run}: Read-only file system; use a "
+                                       f"folder you can write to (--runs-dir / $SOSVAE_RUNS_DIR for runs, --output "
+                                       f"for run_all), or make that one writable\n")
+    with monkeypatch.context() as patch:  # the disk fills while logging step 5
+        patch.setattr(train, "_append", failing(train._append, errno.ENOSPC, lambda path, text: ",5,0," in text))
+        assert cli(args) == 2
+    assert capsys.readouterr().err == (f"error: cannot write {run / 'metrics_steps.csv'}: No space left on device "
+                                       f"(the disk is full); free space there, then run the same command again: the "
+                                       f"run resumes from its last checkpoint\n")
+    full_disk(20_000)  # then while writing the checkpoint: config.json fits, the checkpoint does not
+    assert cli(args) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {run / 'checkpoint.pt'}: No space left on device")
+    full_disk(None)
+    assert cli(args) == 0  # space again: the run resumes and finishes, every step once
+    assert [int(r["step"]) for r in logged(run, "steps")] == list(range(1, 15))
+
+
+def test_damaged_config_and_checkpoint_are_named_with_their_fix(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(["train", "--config", "lfw", "--profile", "smoke", "--no-progress", "--run-dir", str(run),
+                "--set", "epochs=1"]) == 0
+    (run / "config.json").write_text("{garbage")
+    capsys.readouterr()
+    assert cli(["train", "--resume", str(run), "--no-progress", "--set", "epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run / 'config.json'} is not valid JSON (") and len(err.splitlines()) == 1
+    assert "; delete it (checkpoint.pt holds the config too) or use another run folder" in err
+    (run / "config.json").unlink()  # the fix: the checkpoint's config is resumed
+    assert cli(["train", "--resume", str(run), "--no-progress", "--set", "epochs=2"]) == 0
+    assert "finished: epoch 2" in capsys.readouterr().out
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    assert cli(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {checkpoint} is damaged (") and len(err.splitlines()) == 1
+    assert err.rstrip().endswith("; delete it to train the run again")

@@ -57,6 +57,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..paths import ENV_DATA_ROOT
+from ..paths import first_line as _short
 
 DEFAULT_N_IMAGES = 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -68,12 +69,6 @@ DORTA_CROP = 148
 
 class DataError(ValueError):
     """A problem with the data on disk, with a one-line message saying how to fix it."""
-
-
-def _short(exc: BaseException) -> str:
-    """First line of an exception message, bounded: torch's load errors run to paragraphs."""
-    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # --------------------------------------------------------------------------- specs
@@ -258,16 +253,15 @@ def find_dataset_dir(name: str, data_root: str | os.PathLike | None = None) -> P
 def list_image_files(folder: Path, recursive: bool = False) -> list[tuple[str, int]]:
     """Sorted ``(relative posix path, size in bytes)`` of the images in ``folder``."""
     out: list[tuple[str, int]] = []
-    stack = [folder]
+    stack = [(folder, "")]  # a folder and its relative prefix: string joins, not Path.relative_to
     while stack:
-        current = stack.pop()
+        current, prefix = stack.pop()
         with os.scandir(current) as it:
             for entry in it:
                 if entry.is_dir() and recursive and not entry.name.startswith("."):
-                    stack.append(Path(entry.path))
+                    stack.append((entry.path, f"{prefix}{entry.name}/"))
                 elif entry.is_file() and _is_image(entry.name):
-                    rel = Path(entry.path).relative_to(folder).as_posix()
-                    out.append((rel, entry.stat().st_size))
+                    out.append((prefix + entry.name, entry.stat().st_size))
     out.sort()
     return out
 
