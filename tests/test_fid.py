@@ -143,6 +143,18 @@ def test_explicit_missing_path_is_an_error_not_a_fallback(tmp_path, monkeypatch)
         fid.find_inception_weights(hub_dir=tmp_path)
 
 
+def test_a_file_that_is_not_the_weights_is_one_line_naming_it(tmp_path):
+    garbage, foreign = tmp_path / "weights.pth", tmp_path / "other.pth"
+    garbage.write_bytes(b"not a network")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)  # a state dict of another network
+    for path in (garbage, foreign):
+        with pytest.raises(fid.FIDWeightsNotFound) as info:
+            fid.load_feature_extractor(path)
+        message = str(info.value)
+        assert message.startswith(f"{path} is not usable FID Inception weights (") and "\n" not in message
+        assert fid.ENV_WEIGHTS in message
+
+
 def test_search_order(tmp_path, monkeypatch):
     bundled, kind = fid.find_inception_weights(hub_dir=tmp_path)
     assert kind == "torchscript" and bundled.name == fid.FID_HELPER_WEIGHTS_NAME
