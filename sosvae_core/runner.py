@@ -13,28 +13,58 @@ share of the cores, their printed lines marked with their number, and notebook 1
 A summary (wall time and key numbers of every notebook) goes to <output>/summary.json,
 and the claims scorecard of notebook 11 is printed at the end and copied to
 <output>/scorecard.json. The results page <output>/index.html (`report.py`) gathers the
-scorecard, Table 1 and every figure. Trained models are found in, and written to, the runs folder
-that the command line and Jupyter share (`paths.runs_root`). The first failing notebook stops the run with its name, cell
-and error.
+scorecard, Table 1 and every figure; it is rewritten when the notebooks start, after each one, and
+when the run stops (a failure, Ctrl-C or SIGTERM), so that even a killed run leaves the last
+complete page. Trained models are found in, and written to, the runs folder that the command line
+and Jupyter share (`paths.runs_root`). The first failing notebook stops the run with its name,
+cell and error.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .paths import ENV_DATA_ROOT, ENV_RUNS_DIR, runs_root, write_json
+from .paths import ENV_DATA_ROOT, ENV_RUNS_DIR, os_error_message, runs_root, write_json, write_text
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 class NotebookFailed(RuntimeError):
     pass
+
+
+class Stopped(BaseException):
+    """SIGTERM: stop where the run is; the `finally` blocks write the results page on the way out."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
+
+
+def _kernel_manager():
+    """jupyter_client's kernel manager, except that shutting a kernel down sends no SIGINT first.
+
+    Its shutdown interrupts the kernel before asking it to exit. Papermill shuts the kernel down
+    right after the reply to its last request (kernel_info), while the kernel may still be in
+    that request's handler, where SIGINT raises: the kernel then logs "KeyboardInterrupt caught in
+    kernel." to the run's output, though every cell succeeded. A kernel that has run every cell
+    has nothing to interrupt, and the shutdown request alone ends it (or, after a grace period,
+    the manager kills it)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return KernelManager
 
 
 def list_notebooks(only: Optional[Iterable[str]] = None, folder: Path = NOTEBOOKS):
@@ -94,7 +124,7 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
     t0 = time.time()
     try:
         pm.execute_notebook(str(path), str(output / path.name), parameters=params, kernel_name=kernel,
-                            cwd=str(NOTEBOOKS.parent), progress_bar=False,
+                            cwd=str(NOTEBOOKS.parent), progress_bar=False, kernel_manager_class=_kernel_manager(),
                             stdout_file=_Indented(stream, prefix) if stream is not None else None)
     except pm.PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[0] if err.source else ""
@@ -116,8 +146,11 @@ START_FIRST = ("08", "09")
 
 
 def _write_summary(output: Path, summary: dict) -> None:
+    """summary.json, and the results page from what the output folder holds now."""
+    from .report import build_index
     summary["notebooks"].sort(key=lambda r: r["notebook"])
     write_json(output / "summary.json", summary, sort_keys=False)
+    build_index(output)
 
 
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,
@@ -162,6 +195,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
             _write_summary(output, summary)
 
     try:
+        _write_summary(output, summary)
         if any(b.name.startswith("01_") for b in books):
             ctx = context(profile, dataset, data_root, device, seed=seed, runs_dir=runs)
             trained = train_all(ctx.planned_configs(), runs_dir=runs, data_root=ctx.data_root, device=device, jobs=jobs)
@@ -174,16 +208,21 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
         saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
         if jobs > 1:  # each kernel inherits its share of the cores
             os.environ.update(thread_environment(jobs))
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        stopping = False  # SIGTERM or Ctrl-C: leave without waiting for the notebooks still running
         try:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = [pool.submit(execute, b) for b in side_by_side]
-                _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
-                for f in futures:  # the first failure, in notebook order
-                    if f.done() and not f.cancelled() and f.exception():
-                        raise f.exception()
+            futures = [pool.submit(execute, b) for b in side_by_side]
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in futures:  # the first failure, in notebook order
+                if f.done() and not f.cancelled() and f.exception():
+                    raise f.exception()
+        except (Stopped, KeyboardInterrupt):
+            stopping = True
+            raise
         finally:
+            pool.shutdown(wait=not stopping, cancel_futures=True)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -196,15 +235,16 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
         if card.exists():
             from .scorecard import format_scorecard
             text = card.read_text()
-            (output / "scorecard.json").write_text(text)
+            write_text(output / "scorecard.json", text)
             data = json.loads(text)
             print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
             print(format_scorecard(data["claims"]), flush=True)
             summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
             _write_summary(output, summary)
     finally:  # the results page, also of a run that stopped early (what it has so far)
-        from .report import build_index
-        summary["index"] = str(build_index(output))
+        with lock:
+            _write_summary(output, summary)
+        summary["index"] = str(output / "index.html")
         print(f"results page: {summary['index']}", flush=True)
     return summary
 
@@ -225,12 +265,23 @@ def main(argv=None) -> int:
         print(f"error: data root {args.data_root} is not a folder; pass --data-root DIR "
               f"(the folder holding celeba/ and brain_oasis/)", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stop)
     try:
         summary = run_all(args.profile, args.data_root, args.device, args.only, args.output, args.dataset,
                           runs_dir=args.runs_dir, jobs=args.jobs)
     except (NotebookFailed, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        return 1
+    except (Stopped, KeyboardInterrupt) as err:
+        print(f"stopped ({'SIGTERM' if isinstance(err, Stopped) else 'interrupted'}); the results so far: "
+              f"{Path(args.output).resolve() / 'index.html'}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # now, without waiting for the notebooks still running in their threads (their kernels
+        # exit with their parent process)
+        os._exit(143 if isinstance(err, Stopped) else 130)
     print(f"all {len(summary['notebooks'])} notebooks ran in {summary['total_wall_time_s']:.0f} s; "
           f"outputs in {Path(args.output).resolve()}")
     return 0

@@ -115,7 +115,7 @@ def test_training_notebook_trained_every_model(smoke_run):
     if os.environ.get("SOSVAE_DATA_ROOT"):
         assert {"brain_beta", "brain_sos"} <= set(models)
     for name, m in models.items():
-        assert m["final_nll"] == m["final_nll"], f"{name} NLL is NaN"
+        assert m["final_nll"] is not None, f"{name} NLL is NaN"  # metrics.json writes NaN as null
 
 
 def test_fig1_sos_residuals_are_coherent_and_beta_residuals_are_not(smoke_run):
