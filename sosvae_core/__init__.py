@@ -28,6 +28,8 @@ The package in two layers. The library stands alone and imports nothing from the
 - `portraits` — the bundled synthetic portraits.
 - `configs` — named experiments × profiles (smoke / quick / paper); the entropy target across sizes.
 - `fid` — offline FID (pytorch-fid's protocol) and FID∞, with cached reference statistics.
+- `kid` — the Kernel Inception Distance, unbiased at any N, on FID's features.
+- `likelihood` — test log-likelihood in bits per dimension: the importance-weighted bound on dequantised images.
 - `paths` — the environment variables, where runs and caches live, atomic writes.
 
 On top of it, the paper and the apps:

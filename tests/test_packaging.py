@@ -87,7 +87,7 @@ def test_the_fid_metric_imports_nothing_of_training_data_or_runs():
 
 
 LIBRARY = ("observations", "networks", "objective", "slerp", "train", "runs", "pool", "data", "portraits",
-           "configs", "fid", "paths")
+           "configs", "fid", "kid", "likelihood", "paths")
 PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "authors_figures", "timing", "widgets", "notebook",
                  "report", "runner")
 
