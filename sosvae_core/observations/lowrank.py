@@ -156,7 +156,7 @@ def _woodbury(r: Optional[torch.Tensor], P: torch.Tensor, eps: Scalar):
 
 def _mahalanobis_terms(u: torch.Tensor, omega: torch.Tensor, eps: Scalar) -> torch.Tensor:
     """rᵀΣ⁻¹r = ‖u‖²/ε + ‖ω*‖² (float64), the Woodbury minimum at ω*."""
-    return (u * u).sum(-1, dtype=torch.float64) / eps + (omega * omega).sum(-1)
+    return (u * u).sum(-1).double() / eps + (omega * omega).sum(-1)
 
 
 def _log_det(tril: torch.Tensor) -> torch.Tensor:
@@ -205,7 +205,7 @@ class _WoodburyTerms(torch.autograd.Function):
             w = ((-2 / eps) * g_maha.unsqueeze(-1).unsqueeze(-1) * omega.unsqueeze(-2)).to(P.dtype)
             g_P = (P @ M).addcmul_(u.to(P.dtype).unsqueeze(-1), w)  # in place: no second S×R temporary
         if needs_eps:
-            d_maha = -(u * u).sum(-1, dtype=torch.float64) / eps ** 2
+            d_maha = -(u * u).sum(-1).double() / eps ** 2
             d_log_det = (c_inv.diagonal(dim1=-2, dim2=-1).sum(-1) - P.shape[-1]) / eps
             g_eps = (g_maha * d_maha + g_log_det * d_log_det).sum().to(eps.dtype)
         return g_r, g_P, g_eps
