@@ -14,6 +14,10 @@ gives the same picture for every model.
 
 Heads start with weights of std 1e-5 and the mean at 0.5, as the paper's code does, so
 training starts from a flat grey image with a tiny variance.
+
+The distributions follow torch.distributions' conventions: the arguments' batch shapes
+broadcast together, `expand` gives a wider batch, and with validate_args a value is checked
+as torch's `_validate_sample` does; the checks here raise one-line errors.
 """
 from __future__ import annotations
 
