@@ -33,8 +33,9 @@ def _resumed_config(args):
     given = [f"--{flag.replace('_', '-')}" for flag in ("config", "model", "profile", "run_dir")
              if getattr(args, flag) is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} cannot go with --resume: the run folder decides them; "
-                         f"leave them out, or train a new run without --resume")
+        it = "them" if len(given) > 1 else "it"
+        raise ValueError(f"{', '.join(given)} cannot go with --resume: the run folder decides {it}; leave {it} "
+                         f"out, or train a new run without --resume")
     saved = run_config(args.resume)
     cfg = saved.replace(**_parse_overrides(args.set))
     fixed = config_differences(saved, cfg)

@@ -163,7 +163,9 @@ def read_json(path, fix: str) -> Any:
 
 # -- failed reads and writes ---------------------------------------------------------------
 
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit
+NO_SPACE = {errno.ENOSPC: ("the disk is full", "free space there"),  # errno: (what it means, the fix)
+            errno.EDQUOT: ("the disk quota is used up", "free space there"),
+            errno.EFBIG: ("a file size limit, ulimit -f", "raise it")}
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -184,7 +186,8 @@ def os_error_message(err: OSError, again: str = "run the same command again") ->
     path = err.filename if err.filename is not None else "a file"
     reason = err.strerror or str(err)
     if err.errno in NO_SPACE:
-        return f"cannot write {path}: {reason} (the disk is full); free space there, then {again}"
+        what, fix = NO_SPACE[err.errno]
+        return f"cannot write {path}: {reason} ({what}); {fix}, then {again}"
     if err.errno in NOT_WRITABLE:
         return (f"cannot write {path}: {reason}; use a folder you can write to (--runs-dir / "
                 f"$SOSVAE_RUNS_DIR for runs, --output for run_all), or make that one writable")
@@ -228,7 +231,8 @@ def folder_lock(folder, wait: bool = False, waiting: Optional[Callable[[str], No
                 if waiting is not None:
                     waiting(f"{busy}; waiting for it to finish")
                 fcntl.flock(fd, fcntl.LOCK_EX)
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+        program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        command = " ".join(["python -m sosvae_core" if program == "__main__.py" else program, *sys.argv[1:]])
         me = (f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
               f"({command[:160]})")
         os.ftruncate(fd, 0)
