@@ -21,7 +21,7 @@ import torch
 from . import observations
 from .fid import PROTOCOL, FeatureExtractor, fid_of_model, load_feature_extractor, reference_statistics
 from .networks import model_device
-from .paths import cache_root, write_json
+from .paths import cache_root, read_json, write_json
 
 
 # The paper's Table 1 (FID of means, of samples; N = 50,000 generated images). The
@@ -103,8 +103,6 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
 def fid_cli(args) -> int:
     """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples] [--codes prior|test]
     [--extrapolate]`: prints one JSON line."""
-    import json
-
     from .runs import load_run
 
     model = load_run(args.run, args.device)
@@ -159,7 +157,7 @@ def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor
     key = f"{what}|n={n}|seed={seed}|n_reference={reference[2] if len(reference) > 2 else None}|" \
           f"{extractor.backend}|{extractor.weights_sha256}|{PROTOCOL}"
     path = Path(run_dir) / "fid.json" if run_dir is not None else None
-    cache = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    cache = read_json(path, "delete it: FID results are recomputed") if path is not None and path.exists() else {}
     if key in cache:
         return cache[key]
     result = fid_of_model(model, reference, n, what=what, extractor=extractor, seed=seed, progress=progress)

@@ -111,3 +111,14 @@ def test_format_table1_puts_the_papers_values_beside_ours_and_names_the_brain_st
     assert len(lines) == 4
     assert lines[2] == "| celeba | SOS-VAE | 250 / 600 | 200.00 | 132.93 | 300.00 | 104.62 |"
     assert lines[3] == "| brain: OASIS (paper: UK Biobank) | β-VAE | 250 / 600 | 201.00 | 211.24 | 301.00 | 332.89 |"
+
+
+def test_a_damaged_fid_cache_is_named_with_its_fix(tmp_path):
+    from types import SimpleNamespace
+
+    from sosvae_core.paths import DamagedFile
+    (tmp_path / "fid.json").write_text('{"means|n=5": ')
+    model = SimpleNamespace(run_dir=tmp_path)
+    extractor = SimpleNamespace(backend="b", weights_sha256="w")
+    with pytest.raises(DamagedFile, match=r"fid.json is not valid JSON \(.*\); delete it: FID results are recomputed"):
+        table1._cached_fid(model, (None, None, 5), 5, "means", extractor, 0, False)
