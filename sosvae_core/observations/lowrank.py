@@ -203,24 +203,12 @@ class _WoodburyTerms(torch.autograd.Function):
         if needs_P:
             M = ((2 / eps) * g_log_det.unsqueeze(-1).unsqueeze(-1) * c_inv).to(P.dtype)
             w = ((-2 / eps) * g_maha.unsqueeze(-1).unsqueeze(-1) * omega.unsqueeze(-2)).to(P.dtype)
-            g_P = _add_matmul_(u.to(P.dtype).unsqueeze(-1) * w, P, M)
+            g_P = (P @ M).addcmul_(u.to(P.dtype).unsqueeze(-1), w)  # in place: no second S×R temporary
         if needs_eps:
             d_maha = -(u * u).sum(-1).double() / eps ** 2
             d_log_det = (c_inv.diagonal(dim1=-2, dim2=-1).sum(-1) - P.shape[-1]) / eps
             g_eps = (g_maha * d_maha + g_log_det * d_log_det).sum().to(eps.dtype)
         return g_r, g_P, g_eps
-
-
-def _add_matmul_(out: torch.Tensor, P: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """out += P @ M in place, for out and P (..., S, R): the product is accumulated into
-    `out` (one fresh S×R tensor in all, its pages touched once)."""
-    if P.dim() == 2:
-        return out.addmm_(P, M)
-    S, R = out.shape[-2:]
-    batch = out.shape[:-2]
-    P = P.expand(batch + P.shape[-2:]).reshape(-1, S, P.shape[-1])
-    out.view(-1, S, R).baddbmm_(P, M.expand(batch + M.shape[-2:]).reshape(-1, *M.shape[-2:]))
-    return out
 
 
 def _split_diag(cov_diag, loc: torch.Tensor):
