@@ -78,7 +78,8 @@ def relative_cost(cfg: Config) -> float:
 def train_command(cfg: Config, runs_dir: Path, cache_dir: Path, data_root=None, device: str = "auto") -> list:
     """The command line that trains `cfg` into its run folder under `runs_dir`."""
     cmd = [sys.executable, "-m", "sosvae_core", "train", "--config", cfg.experiment, "--profile", cfg.profile,
-           "--model", cfg.model, "--runs-dir", str(runs_dir), "--cache-dir", str(cache_dir), "--device", device]
+           "--model", cfg.model, "--runs-dir", str(runs_dir), "--cache-dir", str(cache_dir), "--device", device,
+           "--wait"]  # another process writing the run (a second run_all) is waited for, as the notebooks do
     if data_root:  # absolute: the job may start in another folder than the caller's
         cmd += ["--data-root", str(Path(data_root).resolve())]
     ours, base = dataclasses.asdict(cfg), dataclasses.asdict(get_config(cfg.experiment, cfg.profile, cfg.model))
