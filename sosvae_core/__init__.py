@@ -15,6 +15,7 @@ The package in two layers. The library stands alone and imports nothing from the
   - `observations.diagonal`: the β-VAE's N(μ, diag(σ²));
   - `observations.dorta`: Dorta et al. 2018, N(μ, (LLᵀ)⁻¹) with a sparse stencil Cholesky factor;
   - `observations.laplace`: independent Laplace pixels, an L1 baseline (not in the paper).
+  - `observations.kl`: closed-form `kl_divergence` between the Gaussian models and torch's.
 - `slerp` — spherical interpolation of the noise (eq. 8, Appendix D).
 - `networks` — the ResNet encoder and decoder for any C×H×W; the VAE takes its head from the registry.
 - `objective` — the constrained ELBO: KL ≤ ξ_KL, H ≤ ξ_H, the modified differential method of multipliers.

@@ -17,7 +17,7 @@ Gaussian ones and torch's MultivariateNormal and Independent(Normal, 1).
 """
 from __future__ import annotations
 
-from . import diagonal, dorta, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
+from . import base, diagonal, dorta, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
 from .base import ObservationDistribution, ObservationModel
 from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
 from .dorta import SparsePrecisionHead, SparsePrecisionNormal
@@ -46,7 +46,7 @@ def label(name: str) -> str:
 
 
 __all__ = [
-    "kl",
+    "base", "lowrank", "diagonal", "dorta", "laplace", "kl",  # the modules (the API reference documents each)
     "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",
