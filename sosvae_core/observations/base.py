@@ -85,7 +85,8 @@ class ObservationDistribution(Distribution):
 
     Subclasses set `loc` (μ, the mean and mode) and implement `rsample(sample_shape, omega_p,
     omega_d)`, `log_prob`, `entropy`, `variance`, `covariance_row(i)`,
-    `conditional_mean(mask, values)` and `first()`.
+    `conditional_mean(mask, values)`, `conditional(mask, values)` (the distribution of the
+    unedited pixels given the edited ones), `marginal(keep)` (of some pixels) and `first()`.
     """
 
     arg_constraints = {}
@@ -172,6 +173,10 @@ class ObservationDistribution(Distribution):
         if omega_d.shape[-1] != self.event_shape[0]:
             raise ValueError(f"omega_d has last dimension {omega_d.shape[-1]}, expected S = {self.event_shape[0]}")
         return omega_p, omega_d
+
+    def marginal(self, keep: torch.Tensor) -> "ObservationDistribution":
+        """The distribution of the pixels `keep` selects. Optional for a subclass."""
+        raise NotImplementedError(f"{type(self).__name__} has no marginal over part of an image")
 
     def first(self) -> "ObservationDistribution":
         """The first image of the batch, unbatched (event shape (S,)), detached, float32 on

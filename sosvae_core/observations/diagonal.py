@@ -81,6 +81,28 @@ class PixelIndependent(ObservationDistribution):
         out[..., mask] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
         return out
 
+    def conditional(self, mask: torch.Tensor, values: torch.Tensor) -> "PixelIndependent":
+        """p(y₁ | y₂ = b) for independent pixels: the unedited pixels' marginal, whatever the edit.
+
+        mask: bool (S,) or (C, H, W) of the edited pixels; values: (..., k). The result holds
+        the unedited pixels in flattened order, so that every model answers the same call.
+        """
+        mask = flat_mask(mask, self.event_shape[0])
+        k = int(mask.sum())
+        if values.shape[-1] != k:
+            raise ValueError(f"values has {values.shape[-1]} entries but the mask selects k = {k} pixels")
+        if bool(mask.all()):
+            raise ValueError("the mask selects every pixel, so no pixel is left to condition; leave at "
+                             "least one pixel unedited")
+        return self.marginal(~mask)
+
+    def marginal(self, keep: torch.Tensor) -> "PixelIndependent":
+        """The distribution of the pixels `keep` selects (bool (S,) or (C, H, W)), in flattened order."""
+        keep = flat_mask(keep, self.event_shape[0]).to(self.loc.device)
+        if not keep.any():
+            raise ValueError("keep selects no pixel; select at least one")
+        return type(self)(self.loc[..., keep], self._variance[..., keep], validate_args=False)
+
     def first(self) -> "PixelIndependent":
         S = self.loc.shape[-1]
         return type(self)(self.loc.reshape(-1, S)[0].detach().float().cpu(),

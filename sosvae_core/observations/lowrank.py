@@ -527,10 +527,75 @@ class LowRankNormal(ObservationDistribution):
         out[..., idx] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
         return out
 
+    def conditional(self, mask: torch.Tensor, values: torch.Tensor) -> "LowRankNormal":
+        """p(y₁ | y₂ = b): the distribution of the unedited pixels given the edit (eq. 7 whole).
+
+        With C₂ = I + P₂ᵀD₂⁻¹P₂ (R × R) and its Cholesky factor L₂ (float64),
+
+            μ̃ = μ₁ + P₁ω*,   Σ̃ = Σ₁₁ − Σ₁₂Σ₂₂⁻¹Σ₂₁ = D₁ + P₁ C₂⁻¹ P₁ᵀ = D₁ + (P₁L₂⁻ᵀ)(P₁L₂⁻ᵀ)ᵀ,
+
+        low rank plus the diagonal again, so the result is a LowRankNormal over the S − k
+        unedited pixels with cov_factor P₁L₂⁻ᵀ and the diagonal D₁: its mean, samples,
+        variance, log_prob and entropy cost what the unconditioned ones do, O(k·R² + S·R²),
+        with no k × k or S × S matrix. Given the edit, ω_p ~ N(ω*, C₂⁻¹), and a conditional
+        sample is μ₁ + P₁ω_p + √D₁ω_d. `conditional_mean` is the fast path for its mean.
+
+        mask: bool (S,) or (C, H, W) of the edited pixels, shared by the batch; values: (..., k)
+        in the flattened order of the masked pixels. The result's pixels are the unedited
+        ones in flattened order; with fewer of them than R, its cov_factor is the square
+        factor of the same Σ̃ (`marginal`).
+        """
+        S = self.event_shape[0]
+        mask = flat_mask(mask, S).to(self.loc.device)
+        k = int(mask.sum())
+        if values.shape[-1] != k:
+            raise ValueError(f"values has {values.shape[-1]} entries but the mask selects k = {k} pixels")
+        if k == S:
+            raise ValueError("the mask selects every pixel, so no pixel is left to condition; leave at "
+                             "least one pixel unedited")
+        if k == 0:
+            return self.marginal(~mask)
+        edited, rest = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
+        r = values.to(self.loc) - self.loc.index_select(-1, edited)
+        tril, omega, _ = _woodbury(*self._whitened(r, edited))
+        P1 = self.cov_factor.index_select(-2, rest)
+        loc = self.loc.index_select(-1, rest) + (P1 @ omega.to(P1.dtype).unsqueeze(-1)).squeeze(-1)
+        # L₂⁻¹ has singular values ≤ 1 (C₂ ⪰ I): forming it in float64 loses nothing
+        eye = torch.eye(self.rank, dtype=tril.dtype, device=tril.device)
+        factor = P1 @ torch.linalg.solve_triangular(tril, eye, upper=False).mT.to(P1.dtype)
+        diag = self._eps if self.fixed_diag else self._diag.index_select(-1, rest)
+        return _low_rank_normal(loc, factor, diag)
+
+    def marginal(self, keep: torch.Tensor) -> "LowRankNormal":
+        """The distribution of the pixels `keep` selects, N(μ_K, P_K P_Kᵀ + D_K): a Gaussian's
+        marginal is its sub-block, so the rows of μ, P and D (e.g. the visible pixels of an image).
+
+        keep: bool (S,) or (C, H, W), shared by the batch; the result's pixels are the kept ones
+        in flattened order. With fewer of them than R, the cov_factor is the square factor of
+        the same P_K P_Kᵀ (from a QR decomposition), so the noise ω_p then has that length.
+        """
+        S = self.event_shape[0]
+        keep = flat_mask(keep, S).to(self.loc.device)
+        if not keep.any():
+            raise ValueError("keep selects no pixel; select at least one")
+        idx = keep.nonzero().squeeze(-1)
+        diag = self._eps if self.fixed_diag else self._diag.index_select(-1, idx)
+        return _low_rank_normal(self.loc.index_select(-1, idx), self.cov_factor.index_select(-2, idx), diag)
+
     def __repr__(self) -> str:
         diag = f"ε={float(self._eps):g}" if self.fixed_diag else "learned diagonal"
         return (f"LowRankNormal(batch_shape={tuple(self.batch_shape)}, S={self.event_shape[0]}, "
                 f"R={self.rank}, {diag})")
+
+
+def _low_rank_normal(loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag) -> LowRankNormal:
+    """LowRankNormal(loc, cov_factor, cov_diag) for a part of an image, which may have fewer
+    pixels S than the rank R: then cov_factor (S × R) becomes the S × S factor Rᵀ of the same
+    cov_factor·cov_factorᵀ, from the QR decomposition cov_factorᵀ = QR."""
+    S, R = cov_factor.shape[-2:]
+    if R > S:
+        cov_factor = torch.linalg.qr(cov_factor.mT)[1].mT
+    return LowRankNormal(loc, cov_factor, cov_diag, validate_args=False)
 
 
 class LowRankHead(nn.Module):
