@@ -604,8 +604,9 @@ def reference_statistics(
     cache_dir: str | os.PathLike,
     n: int | None,
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Statistics (mu, sigma, n_used) of a data set, cached on disk.
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Statistics (mu, sigma, n_used) of a data set and its features (n_used, 2048) as
+    float32 (for KID, `sosvae_core.kid`), cached on disk.
 
     ``key`` describes the data (e.g. dataset, split, transform, image size)
     and must be JSON-serialisable. The cache file name hashes (key, n, backend,
@@ -617,16 +618,18 @@ def reference_statistics(
     if path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             # The stored descriptor guards against a hash collision or a file
-            # copied in by hand.
-            if str(cached["descriptor"]) == descriptor:
-                return cached["mu"], cached["sigma"], int(cached["n"])
-        warnings.warn(f"{path} does not match its key; recomputing it")
+            # copied in by hand; a file without the features predates KID.
+            if str(cached["descriptor"]) == descriptor and "features" in cached:
+                return cached["mu"], cached["sigma"], int(cached["n"]), cached["features"]
+            if str(cached["descriptor"]) != descriptor:
+                warnings.warn(f"{path} does not match its key; recomputing it")
 
-    mu, sigma, used = activation_statistics(batches_fn(), extractor, n=n, progress=progress)
+    act = activations(batches_fn(), extractor, n=n, progress=progress)
+    mu, sigma, used, features = act.mean(axis=0), np.cov(act, rowvar=False), act.shape[0], act.astype(np.float32)
 
     with atomic_file(path) as f:  # a reader never sees a half-written file, even if this process dies
-        np.savez(f, mu=mu, sigma=sigma, n=np.int64(used), descriptor=np.array(descriptor))
-    return mu, sigma, used
+        np.savez(f, mu=mu, sigma=sigma, n=np.int64(used), features=features, descriptor=np.array(descriptor))
+    return mu, sigma, used, features
 
 
 # ---------------------------------------------------------------------------
@@ -651,9 +654,9 @@ def fid_of_model(
     :func:`generate_images`) against ``reference``; with ``extrapolate``, also FID∞ and
     its slope from subsets of the same images (:func:`fid_infinity`).
 
-    ``reference`` is (mu, sigma) or the (mu, sigma, n_used) returned by
-    :func:`reference_statistics`. The model runs on ``device`` (default: the
-    extractor's device).
+    ``reference`` is (mu, sigma), or the (mu, sigma, n_used, features) returned by
+    :func:`reference_statistics`, with whose features KID is computed too (`kid`, `kid_std`,
+    ×10³, see `sosvae_core.kid`). The model runs on ``device`` (default: the extractor's device).
     """
     if extractor is None:
         extractor = load_feature_extractor()
@@ -671,6 +674,10 @@ def fid_of_model(
     }
     if len(reference) > 2:
         result["n_reference"] = int(reference[2])
+    if len(reference) > 3:
+        from .kid import kernel_inception_distance
+        kid = kernel_inception_distance(act, reference[3], seed=seed)
+        result.update(kid=kid["kid"], kid_std=kid["kid_std"], kid_subsets=f"{kid['n_subsets']} × {kid['subset_size']}")
     if extrapolate:
         extrapolated = fid_infinity(act, reference, seed=seed)
         result.update(fid_inf=extrapolated["fid_inf"], fid_inf_slope=extrapolated["slope"])

@@ -263,14 +263,29 @@ def covariance_structure(model, n: int = 16, seed: int = 0) -> dict:
 
 
 def table1_numbers(rows: List[dict], dataset: str, kinds: Sequence[str]) -> dict:
-    """Claims 3 and 4's numbers from `table1.table1` rows: {kind_means, kind_samples, n}."""
+    """Claims 3 and 4's numbers from `table1.table1` rows: {kind_means, kind_samples, n} (FID)
+    and, where the rows have KID, the same under "kid" ({kind_means, …} in KID×10³)."""
     by = {r["model"]: r for r in rows if r["dataset"] == dataset}
     missing = [k for k in kinds if k not in by]
     if missing:
         raise ValueError(f"no Table 1 row for {missing} on {dataset}; compute them with table1.table1 first")
     numbers = {f"{k}_{w}": by[k][f"fid_{w}"] for k in kinds for w in ("means", "samples")}
     numbers["n"] = by[kinds[-1]]["n"]
+    if all(by[k].get("kid_means") is not None for k in kinds):
+        numbers["kid"] = {f"{k}_{w}": by[k][f"kid_{w}"] for k in kinds for w in ("means", "samples")}
     return numbers
+
+
+def kid_agreement(claim: int, numbers: dict) -> str:
+    """For claims 3 and 4 (ruled on FID): the same rule applied to KID, and whether the two
+    metrics agree. A disagreement is reported, never hidden: '' when they agree."""
+    if "kid" not in numbers:
+        return ""
+    fid_verdict, kid_verdict = check(claim, numbers), check(claim, numbers["kid"])
+    numbers["kid_verdict"] = kid_verdict
+    if fid_verdict == kid_verdict:
+        return f"KID agrees ({'pass' if kid_verdict else 'fail'})"
+    return f"FID AND KID DISAGREE: the rule on KID would {'pass' if kid_verdict else 'fail'}"
 
 
 def slerp_claim(model, n_inner: int = 5, seed: int = 0) -> dict:
@@ -344,10 +359,12 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
                                                "(Figs. 1–2, no number given)"))
         fids = table1_numbers(table({(dataset, "beta"): beta, (dataset, "sos"): sos}), dataset, ("beta", "sos"))
         paper = table1.PAPER_TABLE1.get((dataset, "sos")), table1.PAPER_TABLE1.get((dataset, "beta"))
-        paper_text = (f"SOS samples {paper[0][1]} < β samples {paper[1][1]}, β means {paper[1][0]} (N = 50,000)"
+        paper_text = (f"SOS samples {paper[0][1]} < β samples {paper[1][1]}, β means {paper[1][0]} "
+                      f"(N = {table1.PAPER_N:,})"
                       if all(paper) else "—")
-        rows.append(row(3, dataset, fids, paper_text, f"N = {fids['n']} generated images"
-                        + ("; OASIS slices stand in for UK Biobank" if dataset == "brain" else "")))
+        note = [f"N = {fids['n']} generated images", kid_agreement(3, fids),
+                "OASIS slices stand in for UK Biobank" if dataset == "brain" else ""]
+        rows.append(row(3, dataset, fids, paper_text, "; ".join(filter(None, note))))
         cov = covariance_structure(sos, n_images, ctx.seed)
         figure = "ukbb_results.png" if dataset == "brain" else "celeba_results.png"
         authors = AUTHORS_CONCENTRATION["brain" if dataset == "brain" else "celeba"]
@@ -368,8 +385,10 @@ def evaluate(ctx, n_images: int = 16) -> List[dict]:
     gray = gray_dataset(ctx)
     fids = table1_numbers(table({(gray, k): ctx.model(k, dataset=gray) for k in ("beta", "dorta", "sos")}), gray,
                           ("dorta", "sos"))
-    rows.append(row(4, gray, fids, "SOS 70.43 / 74.66 < Dorta 73.44 / 77.72 (means / samples, N = 50,000)",
-                    f"N = {fids['n']} generated images"))
+    paper = {k: table1.PAPER_TABLE1[("celeba64_gray", k)] for k in ("sos", "dorta")}
+    rows.append(row(4, gray, fids, f"SOS {paper['sos'][0]} / {paper['sos'][1]} < Dorta {paper['dorta'][0]} / "
+                                   f"{paper['dorta'][1]} (means / samples, N = {table1.PAPER_N:,})",
+                    "; ".join(filter(None, [f"N = {fids['n']} generated images", kid_agreement(4, fids)]))))
     rows.append(row(6, main, slerp_claim(sos, seed=ctx.seed), "Fig. 4: smooth transitions (no number given)"))
     if main in FACE_DATASETS:
         edits = PAPER_EDITS[main]
@@ -418,7 +437,11 @@ def ours_text(r: dict) -> str:
     if "edits" in r["ours"]:
         return "; ".join(f"{k}: propagation {v['propagation']:.2f}, unchanged {v['unchanged_fraction']:.2f}"
                          for k, v in r["ours"]["edits"].items())
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in r["ours"].items() if not isinstance(v, (list, dict)))
+    text = ", ".join(f"{k} {_fmt(v)}" for k, v in r["ours"].items()
+                     if not isinstance(v, (list, dict)) and k != "kid_verdict")
+    if isinstance(r["ours"].get("kid"), dict):
+        text += "; KID×10³: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["ours"]["kid"].items())
+    return text
 
 
 def markdown_claim(rows: List[dict], claim: int) -> str:

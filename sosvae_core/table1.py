@@ -8,6 +8,7 @@ test images, and a run's results are remembered in its folder (`fid.json`).
 
 The paper generates N = 50,000 images per FID. FID is biased upward at small N, so numbers at
 another N compare only with numbers at the same N and reference, never with the paper's table.
+Each number comes with KID (`sosvae_core.kid`) on the same features, which is unbiased at any N.
 """
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ DATASET_LABELS = {"brain": "brain: OASIS (paper: UK Biobank)"}
 
 
 def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, cache_dir=None,
-                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Reference statistics of the images a config trains on (its whole seeded subset,
     at its transform and size), cached under ``cache_dir`` (default: `paths.cache_root`).
-    Uses min(n, number of images) images; the number used is returned."""
+    Uses min(n, number of images) images: (mu, sigma, number used, features)."""
     from .data import dataset_args, load_dataset
 
     key = {"dataset": cfg.dataset, "image_size": list(cfg.image_size) if cfg.image_size else None,
@@ -141,7 +142,8 @@ def table1(models: dict, extractor: FeatureExtractor, data_root=None, cache_dir=
         for what in ("means", "samples"):
             result = _cached_fid(model, references[ref_key], n_used, what, extractor, seed, progress)
             row[f"fid_{what}"] = result["fid"]
-            row["n_reference"] = result.get("n_reference")
+            row[f"kid_{what}"], row[f"kid_{what}_std"] = result["kid"], result["kid_std"]
+            row["n_reference"], row["kid_subsets"] = result.get("n_reference"), result["kid_subsets"]
         paper = PAPER_TABLE1.get((dataset, kind))
         row["paper_means"], row["paper_samples"] = paper if paper else (None, None)
         row.update(backend=extractor.backend, weights_sha256=extractor.weights_sha256)
@@ -158,7 +160,7 @@ def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor
           f"{extractor.backend}|{extractor.weights_sha256}|{PROTOCOL}"
     path = Path(run_dir) / "fid.json" if run_dir is not None else None
     cache = read_json(path, "delete it: FID results are recomputed") if path is not None and path.exists() else {}
-    if key in cache:
+    if key in cache and "kid" in cache[key]:  # an entry without KID predates it
         return cache[key]
     result = fid_of_model(model, reference, n, what=what, extractor=extractor, seed=seed, progress=progress)
     if path is not None:
@@ -167,15 +169,18 @@ def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor
     return result
 
 
-TABLE1_HEADER = ("dataset", "model", "N (generated / reference)", "FID means", "paper", "FID samples", "paper")
+TABLE1_HEADER = ("dataset", "model", "N (generated / reference)", "FID means", "paper", "FID samples", "paper",
+                 "KID×10³ means", "KID×10³ samples")
 
 
 def table1_cells(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """Table 1's cells as text, one tuple per row in TABLE1_HEADER's order (Markdown here, HTML in report.py)."""
+    """Table 1's cells as text, one tuple per row in TABLE1_HEADER's order (Markdown here, HTML in report.py).
+    KID is the mean ± standard deviation over subsets (`sosvae_core.kid`); the paper reports none."""
     fmt = lambda v: "—" if v is None else f"{v:.2f}"
+    kid = lambda r, w: f"{r[f'kid_{w}']:.1f} ± {r[f'kid_{w}_std']:.1f}" if r.get(f"kid_{w}") is not None else "—"
     return [(DATASET_LABELS.get(r["dataset"], r["dataset"]), observations.label(r["model"]),
              f"{r['n']} / {r['n_reference']}", fmt(r["fid_means"]), fmt(r["paper_means"]), fmt(r["fid_samples"]),
-             fmt(r["paper_samples"])) for r in rows]
+             fmt(r["paper_samples"]), kid(r, "means"), kid(r, "samples")) for r in rows]
 
 
 def format_table1(rows: list[dict[str, Any]]) -> str:

@@ -19,7 +19,7 @@ import torch
 import torch.distributions as D
 import torch.nn.functional as F
 
-from sosvae_core import fid
+from sosvae_core import fid, kid
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -400,11 +400,14 @@ def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
     clean = torch.cat(list(fid.generate_images(model, n, "means", batch_size=n, seed=0))).float() / 255
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(clean.shape, generator=g)
-    fids = [abs(result["fid"])]
+    fids, kids = [abs(result["fid"])], [result["kid"]]
+    assert ref[3].shape == (n, 2048) and result["kid_std"] >= 0 and result["kid_subsets"] == "100 × 8"
     for level in (0.05, 0.2):
-        mu, sigma, _ = fid.activation_statistics([clean + level * noise], extractor, progress=False)
-        fids.append(fid.frechet_distance(mu, sigma, ref[0], ref[1]))
+        act = fid.activations([clean + level * noise], extractor, progress=False)
+        fids.append(fid.frechet_distance(act.mean(0), np.cov(act, rowvar=False), ref[0], ref[1]))
+        kids.append(kid.kernel_inception_distance(act, ref[3], seed=0)["kid"])
     assert fids[0] < fids[1] < fids[2], fids
+    assert kids[0] < kids[1] < kids[2], kids
 
 
 # ---------------------------------------------------------------------------
@@ -510,6 +513,18 @@ def test_reference_cache_reused_and_invalidated(tmp_path):
     with np.load(path) as stored:
         assert int(stored["n"]) == 8
         assert '"dataset":"fake"' in str(stored["descriptor"])
+        assert stored["features"].shape == (8, ex(seeded_images(1, 0)).shape[1]) and stored["features"].dtype == np.float32
+    np.testing.assert_allclose(first[3], np.concatenate([ex(b) for b in batches_fn()])[:8], rtol=1e-6)
+
+    # a cache written before the features were stored (KID) is computed again, then has them
+    with np.load(path) as stored:
+        old = {k: stored[k] for k in stored.files if k != "features"}
+    np.savez(path, **old)
+    calls.clear()
+    assert len(fid.reference_statistics(key, batches_fn, ex, tmp_path, n=8, progress=False)) == 4
+    assert len(calls) == 1  # the miss
+    with np.load(path) as stored:
+        assert "features" in stored.files
 
 
 def test_reference_cache_failed_write_leaves_no_temp(tmp_path, monkeypatch):

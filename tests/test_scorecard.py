@@ -226,6 +226,22 @@ def test_table1_numbers_feed_claims_3_and_4():
         sc.table1_numbers(rows, "brain", ("beta", "sos"))
 
 
+def test_kid_is_ruled_beside_fid_and_a_disagreement_is_flagged():
+    rows = [{"dataset": "celeba", "model": k, "n": 250, "fid_means": m, "fid_samples": s, "kid_means": km,
+             "kid_samples": ks} for k, m, s, km, ks in [("beta", 120.0, 200.0, 30.0, 90.0), ("sos", 130.0, 110.0, 35.0, 25.0)]]
+    numbers = sc.table1_numbers(rows, "celeba", ("beta", "sos"))
+    assert numbers["kid"] == {"beta_means": 30.0, "beta_samples": 90.0, "sos_means": 35.0, "sos_samples": 25.0}
+    assert sc.kid_agreement(3, numbers) == "KID agrees (pass)" and numbers["kid_verdict"] is True
+    rows[1]["kid_samples"] = 31.0  # KID: SOS samples worse than the β-VAE means, FID still passes
+    numbers = sc.table1_numbers(rows, "celeba", ("beta", "sos"))
+    assert sc.kid_agreement(3, numbers) == "FID AND KID DISAGREE: the rule on KID would fail"
+    assert sc.check(3, numbers) is True  # the verdict stays FID's, as the rule says
+    line = sc.row(3, "celeba", numbers, "paper", sc.kid_agreement(3, numbers))
+    assert "KID×10³: beta_means 30" in sc.ours_text(line) and "DISAGREE" in sc.markdown_claim([line], 3)
+    del rows[0]["kid_means"]  # rows without KID: nothing to compare
+    assert sc.kid_agreement(3, sc.table1_numbers(rows, "celeba", ("beta", "sos"))) == ""
+
+
 def test_median_concentration_of_a_panel_needs_a_region_in_most_codes():
     face, mean = face_image()
     on_face = torch.where(face, 0.3, 0.0).to(torch.float64).expand(C, H, W)

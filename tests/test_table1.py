@@ -105,12 +105,14 @@ def test_paper_table1_values_are_the_papers_printed_numbers():
 
 def test_format_table1_puts_the_papers_values_beside_ours_and_names_the_brain_stand_in():
     rows = [{"dataset": d, "model": k, "n": 250, "n_reference": 600, "fid_means": 200.0 + i, "fid_samples": 300.0 + i,
-             "paper_means": table1.PAPER_TABLE1[(d, k)][0], "paper_samples": table1.PAPER_TABLE1[(d, k)][1]}
+             "paper_means": table1.PAPER_TABLE1[(d, k)][0], "paper_samples": table1.PAPER_TABLE1[(d, k)][1],
+             "kid_means": 40.0 + i, "kid_means_std": 2.04, "kid_samples": 61.25, "kid_samples_std": 3.0}
             for i, (d, k) in enumerate([("celeba", "sos"), ("brain", "beta")])]
     lines = table1.format_table1(rows).splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| celeba | SOS-VAE | 250 / 600 | 200.00 | 132.93 | 300.00 | 104.62 |"
-    assert lines[3] == "| brain: OASIS (paper: UK Biobank) | β-VAE | 250 / 600 | 201.00 | 211.24 | 301.00 | 332.89 |"
+    assert lines[2] == "| celeba | SOS-VAE | 250 / 600 | 200.00 | 132.93 | 300.00 | 104.62 | 40.0 ± 2.0 | 61.2 ± 3.0 |"
+    assert lines[3] == ("| brain: OASIS (paper: UK Biobank) | β-VAE | 250 / 600 | 201.00 | 211.24 | 301.00 | 332.89 | "
+                        "41.0 ± 2.0 | 61.2 ± 3.0 |")
 
 
 def test_a_damaged_fid_cache_is_named_with_its_fix(tmp_path):
