@@ -1,4 +1,4 @@
-"""Command line: `python -m sosvae_core train|pack|fid|authors-figures ...` (also `sosvae`, and under torchrun)."""
+"""Command line: `python -m sosvae_core train|pack|fid|nll|authors-figures ...` (also `sosvae`, and under torchrun)."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +104,11 @@ def cmd_fid(args) -> int:
     return fid_cli(args)
 
 
+def cmd_nll(args) -> int:
+    from .likelihood import nll_cli
+    return nll_cli(args)
+
+
 def cmd_authors_figures(args) -> int:
     from .authors_figures import measure
     for name, result in measure(args.folder).items():
@@ -165,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cache-dir", help="cached reference statistics (default: $SOSVAE_CACHE_DIR, else cache/ beside "
                                        "the runs)")
     f.set_defaults(func=cmd_fid)
+
+    n = sub.add_parser("nll", help="test log-likelihood of a trained run in bits per dimension (importance-weighted "
+                                   "bound on dequantised test images)")
+    n.add_argument("--run", required=True, help="run folder")
+    n.add_argument("--k", type=int, default=1000, help="codes per image for the bound (1: the ELBO; default 1000)")
+    n.add_argument("--n", type=int, default=None, help="test images (default: the whole test split)")
+    n.add_argument("--eps", type=float, default=None, help="re-score a low-rank model with this fixed diagonal "
+                                                           "instead of its trained ε")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--batch-size", type=int, default=8, help="test images per batch (each decodes K codes)")
+    n.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
+    n.add_argument("--device", default="auto")
+    n.add_argument("--cache-dir", help="decoded-image cache (default: $SOSVAE_CACHE_DIR, else cache/ beside the runs)")
+    n.set_defaults(func=cmd_nll)
 
     a = sub.add_parser("authors-figures", help="claims 5 and 7's measures on the authors' published images")
     a.add_argument("folder", help="folder holding celeba_results.png, ukbb_results.png and/or editor.png from "

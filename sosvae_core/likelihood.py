@@ -116,3 +116,64 @@ def evaluate(model, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_si
         result[name] = float(bpd.mean())
         result[f"{name}_se"] = float(bpd.std() / math.sqrt(len(bpd)))
     return result
+
+
+class WithDiagonal(torch.nn.Module):
+    """A trained low-rank model with its fixed diagonal εI replaced by `eps`, everything else
+    unchanged: the paper's likelihood re-scored post hoc (notebook 13, `nll --eps`)."""
+
+    def __init__(self, model, eps: float):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"eps = {eps}; the diagonal must be positive (e.g. 1e-3)")
+        self.model, self.eps = model, float(eps)
+        self.latent_dim = getattr(model, "latent_dim", 0)
+        self.image_shape, self.rank = model.image_shape, getattr(model, "rank", None)
+
+    def encode(self, x):
+        return self.model.encode(x)
+
+    def decode(self, z, validate: bool = False):
+        from .observations import LowRankNormal
+        obs = self.model.decode(z)
+        if not isinstance(obs, LowRankNormal):
+            raise ValueError(f"re-scoring ε needs a low-rank model (sos, distribution, sos_learned_diag), "
+                             f"not {type(obs).__name__}")
+        return LowRankNormal(obs.loc, obs.cov_factor, self.eps, validate_args=validate)
+
+    def distribution(self, batch: int = 1):
+        from .observations import LowRankNormal
+        d = self.model.distribution(batch)
+        return LowRankNormal(d.loc, d.cov_factor, self.eps, validate_args=False)
+
+
+def held_out_images(cfg, n: Optional[int] = None, data_root=None, cache_dir=None) -> torch.Tensor:
+    """The first n held-out test images (all if None) of a config's seeded split, in [0, 1]."""
+    from .data import dataset_args, load_splits
+    from .paths import cache_root
+    test = load_splits(augment=False, progress=False, data_root=data_root, cache_dir=cache_root(cache_dir),
+                       **dataset_args(cfg))["test"]
+    if n is not None and n > len(test):
+        raise ValueError(f"the test split of {cfg.dataset} holds {len(test)} images, fewer than n = {n}; "
+                         f"pass n ≤ {len(test)}")
+    return test.to_float(test.images[:n] if n is not None else None)
+
+
+def nll_cli(args) -> int:
+    """`python -m sosvae_core nll --run RUN [--k K] [--n N] [--eps E]`: one JSON line."""
+    import json
+    import time
+
+    from .runs import load_run
+
+    model = load_run(args.run, args.device)
+    cfg = model.config
+    if args.eps is not None:
+        model = WithDiagonal(model, args.eps)
+    images = held_out_images(cfg, args.n, data_root=args.data_root, cache_dir=args.cache_dir)
+    start = time.perf_counter()
+    result = evaluate(model, images, k=args.k, seed=args.seed, batch_size=args.batch_size)
+    result.update(wall_time_s=round(time.perf_counter() - start, 1), run=str(args.run), model=cfg.model,
+                  dataset=cfg.dataset, profile=cfg.profile, eps=args.eps if args.eps is not None else cfg.eps)
+    print(json.dumps(result))
+    return 0

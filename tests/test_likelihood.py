@@ -100,3 +100,38 @@ def test_evaluate_refuses_what_it_cannot_measure(linear_model):
         likelihood.evaluate(linear_model, torch.rand(4, 1, 1, 12), k=0)
     with pytest.raises(ValueError, match="at least 2 images"):
         likelihood.evaluate(linear_model, torch.rand(1, 1, 1, 12), k=5)
+
+
+def test_a_model_without_latent_scores_its_exact_likelihood():
+    from sosvae_core.observations import DistributionOnly
+    model = DistributionOnly((1, 4, 4), rank=2, eps=1e-2, seed=0)
+    x = torch.rand(6, 1, 4, 4)
+    out = likelihood.evaluate(model, x, k=7, seed=3)
+    assert out["k"] == 0 and out["bits_per_dim"] == out["elbo_bits_per_dim"]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        exact = model.distribution(6).log_prob(likelihood.dequantise(x, g).flatten(1))
+    assert out["bits_per_dim"] == pytest.approx(float(likelihood.bits_per_dim(exact, 16).mean()), rel=1e-6)
+    wider = likelihood.evaluate(likelihood.WithDiagonal(model, 1e-1), x, seed=3)
+    assert wider["bits_per_dim"] != out["bits_per_dim"]
+
+
+def test_the_nll_command_on_a_trained_run(tmp_path, capsys):
+    """`python -m sosvae_core nll --run RUN`: one JSON line; --eps re-scores the trained μ and P."""
+    import json
+
+    from sosvae_core.__main__ import main as cli
+    run = tmp_path / "run"
+    assert cli(["train", "--config", "lfw", "--profile", "smoke", "--run-dir", str(run), "--no-progress",
+                "--set", "epochs=1", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    common = ["--run", str(run), "--k", "4", "--n", "6", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    assert cli(["nll", *common]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["k"] == 4 and out["n_images"] == 6 and out["eps"] == 1e-5 and out["model"] == "sos"
+    assert out["bits_per_dim"] <= out["elbo_bits_per_dim"] and out["bits_per_dim_se"] > 0
+    assert cli(["nll", *common, "--eps", "1e-2"]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rescored["eps"] == 1e-2 and rescored["bits_per_dim"] != out["bits_per_dim"]
+    assert cli(["nll", *common, "--n", "100000"]) == 2  # the last --n counts
+    assert "fewer than n = 100000" in capsys.readouterr().err
