@@ -278,3 +278,25 @@ def test_failed_cholesky_says_what_happened():
     d = LowRankNormal(torch.zeros(1, 4, dtype=torch.float64), P, 1e-5, validate_args=False)
     with pytest.raises(CapacitanceError, match="capacitance I \\+ Pᵀ D⁻¹ P failed .*not positive definite"):
         d.log_prob(torch.zeros(1, 4, dtype=torch.float64))
+
+
+def test_a_learned_scalar_eps_gets_the_dense_gradient():
+    """The `sos_learned_eps` head: one learned ε·I for all pixels, its log-likelihood and its gradient
+    equal to the dense float64 N(μ, PPᵀ + εI)'s; frozen with the variance heads during pre-training."""
+    from sosvae_core.observations.lowrank import LowRankHead
+    torch.manual_seed(0)
+    head = LowRankHead(4, 1, rank=3, eps=1e-2, learn_eps=True).double()
+    torch.nn.init.normal_(head.factor.weight, std=0.3)
+    h, x = torch.randn(2, 4, 3, 3, dtype=torch.float64), torch.rand(2, 9, dtype=torch.float64)
+    obs = head(h)
+    obs.log_prob(x).sum().backward()
+    ours = head.log_eps.grad.clone()
+    log_eps = head.log_eps.detach().clone().requires_grad_(True)
+    cov = obs.cov_factor.detach() @ obs.cov_factor.detach().mT + log_eps.exp() * torch.eye(9, dtype=torch.float64)
+    dense = torch.distributions.MultivariateNormal(obs.loc.detach(), cov).log_prob(x).sum()
+    dense.backward()
+    assert torch.allclose(obs.log_prob(x).sum().detach(), dense.detach(), rtol=1e-10)
+    assert torch.allclose(ours, log_eps.grad, rtol=1e-8)
+    assert "log_eps" in head.variance_prefixes and "log_eps" in head.diagonal_prefixes
+    with pytest.raises(ValueError, match="choose one"):
+        LowRankHead(4, 1, learn_diag=True, learn_eps=True)

@@ -29,6 +29,7 @@ REGISTRY = {m.name: m for m in (
     dorta.DORTA,
     lowrank.DISTRIBUTION,
     lowrank.SOS_LEARNED_DIAG,
+    lowrank.SOS_LEARNED_EPS,
     laplace.LAPLACE,
 )}
 

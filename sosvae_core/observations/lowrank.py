@@ -599,25 +599,32 @@ def _low_rank_normal(loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag) -> L
 
 
 class LowRankHead(nn.Module):
-    """Features → N(μ, PPᵀ + D): D = εI (paper) or a learned softplus(·) + ε."""
+    """Features → N(μ, PPᵀ + D): D = εI (paper), a learned per-pixel softplus(·) + ε (App. A),
+    or a learned scalar ε·I (`learn_eps`: log ε is one parameter, starting at the given ε)."""
 
-    variance_prefixes = ("factor", "diag")
-    diagonal_prefixes = ("diag",)  # on a log scale: softplus(·) + ε
+    variance_prefixes = ("factor", "diag", "log_eps")
+    diagonal_prefixes = ("diag", "log_eps")  # on a log scale
 
     def __init__(self, c_in: int, image_channels: int, rank: int = 25, eps: float = 1e-5,
-                 learn_diag: bool = False):
+                 learn_diag: bool = False, learn_eps: bool = False):
         super().__init__()
+        if learn_diag and learn_eps:
+            raise ValueError("learn_diag and learn_eps both learn the diagonal; choose one")
         self.rank, self.eps, self.c = rank, eps, image_channels
         self.mean = tiny_conv(c_in, image_channels, 0.5)
         self.factor = tiny_conv(c_in, rank * image_channels, 0.0)
         self.diag = tiny_conv(c_in, image_channels, inverse_softplus(eps)) if learn_diag else None
+        self.log_eps = nn.Parameter(torch.tensor(math.log(eps))) if learn_eps else None
 
     def forward(self, h: torch.Tensor, validate: bool = False) -> LowRankNormal:
         B = h.shape[0]
         loc = self.mean(h).flatten(1)
         # rank-major channels: component r is channels r·C … r·C + C − 1; flatten C, H, W
         P = self.factor(h).reshape(B, self.rank, -1).transpose(1, 2)
-        diag = self.eps if self.diag is None else F.softplus(self.diag(h)).flatten(1) + self.eps
+        if self.log_eps is not None:
+            diag = self.log_eps.exp()
+        else:
+            diag = self.eps if self.diag is None else F.softplus(self.diag(h)).flatten(1) + self.eps
         return LowRankNormal(loc, P, diag, validate_args=validate)
 
 
@@ -661,6 +668,10 @@ SOS = ObservationModel(
 SOS_LEARNED_DIAG = ObservationModel(
     name="sos_learned_diag", label="SOS-VAE, learned D (App. A)", warm_release=False,
     head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps, learn_diag=True))
+# ours, not the paper's: the paper's likelihood with one learned ε for all pixels, under the entropy bound
+SOS_LEARNED_EPS = ObservationModel(
+    name="sos_learned_eps", label="SOS-VAE, learned ε", entropy_bound=True,
+    head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps, learn_eps=True))
 DISTRIBUTION = ObservationModel(
     name="distribution", label="distribution-only", entropy_bound=True, step_cost=0.1,
     standalone=lambda image_shape, rank, eps, seed, **_: DistributionOnly(image_shape, rank, eps, seed=seed))
