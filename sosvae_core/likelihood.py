@@ -28,7 +28,7 @@ standard error, the ELBO's beside it.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -55,10 +55,23 @@ def _standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
 
 
+def _rescored(obs, eps_values):
+    """p(x | z) as decoded, or (eps_values given) the same μ and P under each fixed diagonal."""
+    if eps_values is None:
+        return [obs]
+    from .observations import LowRankNormal
+    if not isinstance(obs, LowRankNormal):
+        raise ValueError(f"re-scoring ε needs a low-rank model (sos, distribution, sos_learned_diag, sos_learned_eps), "
+                         f"not {type(obs).__name__}")
+    return [LowRankNormal(obs.loc, obs.cov_factor, float(e), validate_args=False) for e in eps_values]
+
+
 @torch.no_grad()
 def log_weights(model, x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None,
-                codes_per_batch: int = 256) -> torch.Tensor:
-    """log p(x | z_k) + log p(z_k) − log q(z_k | x) for k codes z_k ~ q(z | x) per image: (k, B).
+                codes_per_batch: int = 256, eps_values: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """log p(x | z_k) + log p(z_k) − log q(z_k | x) for k codes z_k ~ q(z | x) per image: (k, B);
+    with `eps_values`, (len(eps_values), k, B): the same codes, each decoded once, scored with
+    the decoded μ and P under each fixed diagonal εI.
 
     x: (B, C, H, W) on any device. The k·B codes are decoded `codes_per_batch` at a time, so
     memory stays bounded whatever k is."""
@@ -74,10 +87,11 @@ def log_weights(model, x: torch.Tensor, k: int, generator: Optional[torch.Genera
         eps = torch.randn((c, *loc.shape), generator=generator, dtype=loc.dtype).to(device)
         z = loc + scale * eps  # (c, B, latent)
         obs = model.decode(z.reshape(-1, z.shape[-1]))
-        log_px = obs.log_prob(flat.repeat(c, 1)).reshape(c, -1)
+        log_px = torch.stack([d.log_prob(flat.repeat(c, 1)).reshape(c, -1) for d in _rescored(obs, eps_values)])
         log_q = (-0.5 * eps.pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        out.append(log_px.double() + _standard_normal_log_prob(z).double() - log_q.double())
-    return torch.cat(out)
+        out.append(log_px.double() + (_standard_normal_log_prob(z).double() - log_q.double()))
+    out = torch.cat(out, dim=1)
+    return out[0] if eps_values is None else out
 
 
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -87,10 +101,13 @@ def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_size: int = 8,
-             codes_per_batch: int = 256) -> Dict[str, float]:
+             codes_per_batch: int = 256, eps_values: Optional[Sequence[float]] = None):
     """Bits per dimension of held-out images (B, C, H, W) in [0, 1]: the K-sample bound and the
     ELBO, each as a mean over images with its standard error; a model with no latent gives its
-    exact log-likelihood for both. Seeded: the dequantisation and the codes are reproducible."""
+    exact log-likelihood for both. Seeded: the dequantisation and the codes are reproducible.
+
+    With `eps_values`, a low-rank model's trained μ and P are scored under each fixed diagonal
+    εI instead of its own, from the same codes: {ε: result} (the price of coherence, notebook 13)."""
     if k < 1:
         raise ValueError(f"k = {k}; the bound needs at least one code per image (k ≥ 1)")
     if images.shape[0] < 2:
@@ -98,24 +115,32 @@ def evaluate(model, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_si
     generator = torch.Generator().manual_seed(seed)
     model.eval()
     S = images[0].numel()
+    latent = bool(getattr(model, "latent_dim", 0))
     bound, elbo = [], []
     for start in range(0, images.shape[0], batch_size):
         x = dequantise(images[start:start + batch_size], generator)
-        if getattr(model, "latent_dim", 0):
-            log_w = log_weights(model, x, k, generator, codes_per_batch)
-            bound.append(iwae_bound(log_w))
-            elbo.append(log_w.mean(0))
+        if latent:
+            log_w = log_weights(model, x, k, generator, codes_per_batch, eps_values)
+            log_w = log_w if eps_values is not None else log_w[None]
+            bound.append(torch.stack([iwae_bound(w) for w in log_w]))
+            elbo.append(log_w.mean(1))
         else:  # a single distribution over images: the exact likelihood
-            exact = model.distribution(x.shape[0]).log_prob(x.flatten(1).to(model_device(model))).double()
+            flat = x.flatten(1).to(model_device(model))
+            exact = torch.stack([d.log_prob(flat).double()
+                                 for d in _rescored(model.distribution(x.shape[0]), eps_values)])
             bound.append(exact)
             elbo.append(exact)
-    result = {"n_images": int(images.shape[0]), "k": int(k) if getattr(model, "latent_dim", 0) else 0,
-              "num_dims": int(S), "seed": int(seed)}
-    for name, values in (("bits_per_dim", torch.cat(bound)), ("elbo_bits_per_dim", torch.cat(elbo))):
-        bpd = bits_per_dim(values, S)
-        result[name] = float(bpd.mean())
-        result[f"{name}_se"] = float(bpd.std() / math.sqrt(len(bpd)))
-    return result
+    bound, elbo = torch.cat(bound, dim=1), torch.cat(elbo, dim=1)  # (variants, images)
+    results = []
+    for i in range(bound.shape[0]):
+        result = {"n_images": int(images.shape[0]), "k": int(k) if latent else 0, "num_dims": int(S),
+                  "seed": int(seed)}
+        for name, values in (("bits_per_dim", bound[i]), ("elbo_bits_per_dim", elbo[i])):
+            bpd = bits_per_dim(values, S)
+            result[name] = float(bpd.mean())
+            result[f"{name}_se"] = float(bpd.std() / math.sqrt(len(bpd)))
+        results.append(result)
+    return results[0] if eps_values is None else {float(e): r for e, r in zip(eps_values, results)}
 
 
 class WithDiagonal(torch.nn.Module):
@@ -134,17 +159,10 @@ class WithDiagonal(torch.nn.Module):
         return self.model.encode(x)
 
     def decode(self, z, validate: bool = False):
-        from .observations import LowRankNormal
-        obs = self.model.decode(z)
-        if not isinstance(obs, LowRankNormal):
-            raise ValueError(f"re-scoring ε needs a low-rank model (sos, distribution, sos_learned_diag), "
-                             f"not {type(obs).__name__}")
-        return LowRankNormal(obs.loc, obs.cov_factor, self.eps, validate_args=validate)
+        return _rescored(self.model.decode(z), [self.eps])[0]
 
     def distribution(self, batch: int = 1):
-        from .observations import LowRankNormal
-        d = self.model.distribution(batch)
-        return LowRankNormal(d.loc, d.cov_factor, self.eps, validate_args=False)
+        return _rescored(self.model.distribution(batch), [self.eps])[0]
 
 
 def held_out_images(cfg, n: Optional[int] = None, data_root=None, cache_dir=None) -> torch.Tensor:

@@ -135,3 +135,24 @@ def test_the_nll_command_on_a_trained_run(tmp_path, capsys):
     assert rescored["eps"] == 1e-2 and rescored["bits_per_dim"] != out["bits_per_dim"]
     assert cli(["nll", *common, "--n", "100000"]) == 2  # the last --n counts
     assert "fewer than n = 100000" in capsys.readouterr().err
+
+
+def test_one_set_of_codes_scores_every_eps_as_rescoring_one_at_a_time_would():
+    from sosvae_core.observations import LowRankNormal
+
+    class TinyLowRank(LinearGaussian):
+        def decode(self, z):
+            mean = (z.double() @ self.W.T + self.b).float()
+            P = 0.1 * torch.ones(*mean.shape, 2)
+            return LowRankNormal(mean, P, self.sigma ** 2)
+
+    g = torch.Generator().manual_seed(0)
+    model = TinyLowRank(torch.randn(12, 3, generator=g, dtype=torch.float64) * 0.3,
+                        torch.full((12,), 0.5, dtype=torch.float64), 0.2)
+    x = torch.rand(6, 1, 1, 12)
+    grid = likelihood.evaluate(model, x, k=5, seed=1, eps_values=[1e-3, 1e-1])
+    for eps in (1e-3, 1e-1):
+        alone = likelihood.evaluate(likelihood.WithDiagonal(model, eps), x, k=5, seed=1)
+        assert grid[eps] == pytest.approx(alone, rel=1e-6)
+    with pytest.raises(ValueError, match="needs a low-rank model"):
+        likelihood.evaluate(LinearGaussian(model.W, model.b, 0.2), x, k=2, eps_values=[1e-2])
