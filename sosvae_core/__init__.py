@@ -38,7 +38,8 @@ On top of it, the paper and the apps:
 - `figures` — the paper's figures as functions; spatial coherence; the PCA comparison.
 - `editing` — editing by conditioning (eqs. 6–7): brushes, colours, the scripted edits, the component floor.
 - `table1` — Table 1 for trained runs, the paper's values beside ours, the `fid` command.
-- `timing` — the per-image costs the notebooks report (Fig. 3).
+- `timing` — the per-image costs and training-step times the notebooks report (Fig. 3, notebook 13).
+- `tradeoffs` — beyond the paper: the price of the fixed ε in test likelihood, and the rank ablation (notebook 13).
 - `scorecard` — the paper's claims as numbers with pass rules fixed before the run (notebook 11).
 - `authors_figures` — claims 5 and 7's measures read off the authors' published images.
 - `widgets` — the ipywidgets panels of notebook 10.

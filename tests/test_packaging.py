@@ -88,8 +88,8 @@ def test_the_fid_metric_imports_nothing_of_training_data_or_runs():
 
 LIBRARY = ("observations", "networks", "objective", "slerp", "train", "runs", "pool", "data", "portraits",
            "configs", "fid", "kid", "likelihood", "paths")
-PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "authors_figures", "timing", "widgets", "notebook",
-                 "report", "runner")
+PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "authors_figures", "timing", "tradeoffs", "widgets",
+                 "notebook", "report", "runner")
 
 
 def test_the_library_imports_nothing_of_the_paper_glue_or_the_app():

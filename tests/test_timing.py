@@ -20,3 +20,15 @@ def test_observation_cost_times_the_nll_backward_and_a_sample_per_image():
     assert set(cost) == {"log_prob_backward_ms_per_image", "sample_ms_per_image"}
     assert all(math.isfinite(v) and v > 0 for v in cost.values())
     assert model.head.factor.weight.grad is not None  # the backward pass ran through P's head
+
+
+def test_a_training_step_is_timed_on_a_copy_that_leaves_the_model_as_it_was():
+    from sosvae_core.observations import DistributionOnly
+    from sosvae_core.timing import training_step_seconds
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), "sos", latent_dim=4, rank=3, channels=(4, 8), blocks=1).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert training_step_seconds(model, torch.rand(5, 1, 8, 8), repeats=2) > 0
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())  # BatchNorm statistics and gradients untouched
+    assert training_step_seconds(DistributionOnly((1, 4, 4), rank=2), torch.rand(3, 1, 4, 4), repeats=1) > 0
