@@ -31,6 +31,7 @@ The package in two layers. The library stands alone and imports nothing from the
 - `fid` — offline FID (pytorch-fid's protocol) and FID∞, with cached reference statistics.
 - `kid` — the Kernel Inception Distance, unbiased at any N, on FID's features.
 - `likelihood` — test log-likelihood in bits per dimension: the importance-weighted bound on dequantised images.
+- `inpainting` — hidden pixels of held-out images scored under each model's conditional (beyond the paper).
 - `paths` — the environment variables, where runs and caches live, atomic writes.
 
 On top of it, the paper and the apps:

@@ -87,7 +87,7 @@ def test_the_fid_metric_imports_nothing_of_training_data_or_runs():
 
 
 LIBRARY = ("observations", "networks", "objective", "slerp", "train", "runs", "pool", "data", "portraits",
-           "configs", "fid", "kid", "likelihood", "paths")
+           "configs", "fid", "kid", "likelihood", "inpainting", "paths")
 PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "authors_figures", "timing", "tradeoffs", "widgets",
                  "notebook", "report", "runner")
 
