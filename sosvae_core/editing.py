@@ -146,8 +146,8 @@ def paint_values(colour, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool = True,
-                  edit_table: Optional[Dict] = None, component_scale: Optional[float] = None
-                  ) -> Dict[str, torch.Tensor]:
+                  edit_table: Optional[Dict] = None, component_scale: Optional[float] = None,
+                  n_samples: int = 0, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Apply named strokes and condition the mean on them (eqs. 6–7).
 
     sequential=True accumulates the edits (App. C); False applies each on its own.
@@ -157,6 +157,12 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
     Returns (len(edits), C, H, W) tensors: 'edited' (the mean with the strokes so far
     pasted), 'conditional' (the conditional mean) and 'masks' (the pixels conditioned
     on), plus 'mean' (1, C, H, W).
+
+    n_samples > 0 adds the whole conditional (`conditional`): 'samples' (len(edits),
+    n_samples, C, H, W), plausible completions with the edited pixels as painted, drawn
+    with the same noise (seeded) after every edit; 'variance' (len(edits), C, H, W), the
+    conditional variance, 0 on the edited pixels; and 'prior_variance' (1, C, H, W), the
+    variance before any edit.
     """
     edit_table = edit_table or FACE_EDITS
     shape = model.image_shape
@@ -171,7 +177,10 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
     mean = obs.mean[0].detach().cpu().reshape(shape)
     mask = torch.zeros(shape, dtype=torch.bool)
     target = mean.clone()
-    edited, conditional, masks = [], [], []
+    edited, conditional, masks, samples, variances = [], [], [], [], []
+    if n_samples:
+        # one draw of (ω_p, ω_d) for every edit, so that the samples after each edit correspond
+        omega_p, omega_d = obs.draw_noise(torch.Generator().manual_seed(seed), torch.Size([n_samples]))
     for name in edits:
         spec = edit_table[name]
         m = segment_mask(shape, *spec["stroke"], width=spec.get("width", 0.04))
@@ -187,8 +196,23 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
         edited.append(paste)
         conditional.append(cond)
         masks.append(mask.clone())
-    return {"mean": mean.unsqueeze(0), "edited": torch.stack(edited),
-            "conditional": torch.stack(conditional), "masks": torch.stack(masks)}
+        if n_samples:
+            rest = obs.conditional(mask.to(obs.loc.device), values)
+            flat = ~mask.reshape(-1)
+            drawn = rest.rsample(omega_p=omega_p[..., :rest.noise_rank],
+                                 omega_d=omega_d[..., flat.to(omega_d.device)])[:, 0].cpu()
+            sample = paste.reshape(-1).expand(n_samples, -1).clone()
+            sample[:, flat] = drawn.to(sample.dtype)
+            samples.append(sample.reshape(n_samples, *shape))
+            variance = torch.zeros(flat.shape)
+            variance[flat] = rest.variance[0].cpu().to(variance.dtype)
+            variances.append(variance.reshape(shape))
+    out = {"mean": mean.unsqueeze(0), "edited": torch.stack(edited),
+           "conditional": torch.stack(conditional), "masks": torch.stack(masks)}
+    if n_samples:
+        out.update(samples=torch.stack(samples), variance=torch.stack(variances),
+                   prior_variance=obs.variance[0].detach().cpu().reshape(1, *shape))
+    return out
 
 
 @torch.no_grad()
@@ -199,6 +223,21 @@ def authors_protocol(model, z: torch.Tensor, layout: str) -> Dict[str, torch.Ten
     edits = PAPER_EDITS[layout]
     scale = PAPER_EDIT_SCALE if isinstance(model.decode(z[:1].to(model_device(model))), LowRankNormal) else None
     return edit_sequence(model, z, list(edits), sequential=True, edit_table=edits, component_scale=scale)
+
+
+def variance_decided(chain: Dict[str, torch.Tensor], edit_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """What each edit of `edit_sequence(..., n_samples=n)` decided, per edit (the edits so far):
+    'decided', the share of the total variance before any edit that the conditional no longer
+    has, 1 − Σ var_after / Σ var_before; 'halved', the share of the unedited values whose
+    variance fell below half of what it was; 'edited', the share of values painted."""
+    before = chain["prior_variance"][0].double()
+    out = {}
+    for i, name in enumerate(edit_names):
+        after, unedited = chain["variance"][i].double(), ~chain["masks"][i]
+        out[name] = {"decided": float(1 - after.sum() / before.sum()),
+                     "halved": float((after[unedited] < 0.5 * before[unedited]).double().mean()),
+                     "edited": float(chain["masks"][i].double().mean())}
+    return out
 
 
 def edit_spread(result: Dict[str, torch.Tensor], mask_of_last: Optional[torch.Tensor] = None) -> float:

@@ -243,6 +243,45 @@ def plot_edits(chains: Sequence, edit_names: Sequence[str], title: str = "", cel
     return plot_grid(torch.stack(rows), title, row_labels=labels, col_labels=["mean"] + list(edit_names), cell=cell)
 
 
+def plot_conditional_samples(chain: Dict[str, torch.Tensor], edit_names: Sequence[str], title: str = "",
+                             cell: float = 1.1):
+    """Plausible completions of an edit: per edit (rows), the mean with the strokes so far, the
+    conditional mean and the conditional samples of `editing.edit_sequence(..., n_samples=n)`."""
+    rows = [torch.cat([chain["edited"][i:i + 1], chain["conditional"][i:i + 1], chain["samples"][i]])
+            for i in range(len(edit_names))]
+    n = chain["samples"].shape[1]
+    labels = [f"after {' + '.join(edit_names[:i + 1])}" for i in range(len(edit_names))]
+    return plot_grid(torch.stack(rows), title, row_labels=labels,
+                     col_labels=["edit", "cond. mean"] + [f"sample {j + 1}" for j in range(n)], cell=cell)
+
+
+def plot_variance_maps(maps: Dict[str, torch.Tensor], title: str = "", cell: float = 1.6,
+                       scale_from: Optional[str] = None):
+    """Per-pixel variance maps side by side (each (C, H, W), channel mean), on one colour scale: that
+    of the map named `scale_from` (default: the largest), with one colour bar."""
+    import matplotlib.pyplot as plt
+    names = list(maps)
+    _, H, W = next(iter(maps.values())).shape
+    vmax = float(maps[scale_from].mean(0).max()) if scale_from else max(float(m.mean(0).max()) for m in maps.values())
+    fig, axes = plt.subplots(1, len(names), squeeze=False, layout="constrained",
+                             figsize=(cell * len(names) + 0.8, cell * H / W + 0.7))
+    for ax, name in zip(axes[0], names):
+        image = _show(ax, maps[name], "variance", vmax + 1e-12)
+        ax.set_title(name, fontsize=7)
+    bar = fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02)
+    bar.ax.tick_params(labelsize=6)
+    _suptitle(fig, title)
+    return fig
+
+
+def plot_completions(images: Dict[str, torch.Tensor], title: str = "", cell: float = 0.95):
+    """Inpainting (notebook 12): one row per image, the columns of {label: (n, C, H, W)} in order
+    (e.g. masked, each model's completions, truth)."""
+    labels = list(images)
+    grid = torch.stack([images[k] for k in labels], 1)
+    return plot_grid(grid, title, col_labels=labels, cell=cell)
+
+
 # -- Fig. 5 and App. B: principal-component scaling (eq. 5) ------------------------------------
 
 PAPER_SCALES = torch.arange(-5.0, 5.01, 0.5)  # −5 … +5 in steps of 0.5 (21 values)

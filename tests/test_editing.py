@@ -31,6 +31,33 @@ def test_edit_sequence_is_the_conditional_mean():
     assert torch.allclose(out["edited"][0][0][hair[0]], torch.tensor(0.85))
 
 
+@pytest.mark.parametrize("kind", ["sos", "beta"])
+def test_edit_sequence_samples_the_whole_conditional(kind):
+    shape = (3, 12, 10)
+    torch.manual_seed(0)
+    m = VAE(shape, kind, channels=(8, 16), blocks=1, latent_dim=4, rank=3).eval()
+    z = torch.randn(1, 4)
+    out = editing.edit_sequence(m, z, ["hair", "skin"], n_samples=4, seed=1)
+    assert out["samples"].shape == (2, 4, *shape) and out["variance"].shape == (2, *shape)
+    obs = m.decode(z)
+    for i in range(2):
+        mask = out["masks"][i]
+        assert torch.equal(out["samples"][i][:, mask], out["edited"][i][mask].expand(4, -1))  # strokes as painted
+        assert torch.all(out["variance"][i][mask] == 0)
+        rest = obs.conditional(mask, out["edited"][i][mask][None])
+        torch.testing.assert_close(out["variance"][i][~mask], rest.variance[0].detach())
+        assert torch.all(out["variance"][i] <= out["prior_variance"][0] + 1e-7)  # an edit never adds variance
+    again = editing.edit_sequence(m, z, ["hair", "skin"], n_samples=4, seed=1)
+    assert torch.equal(again["samples"], out["samples"])  # seeded
+    decided = editing.variance_decided(out, ["hair", "skin"])
+    for v in decided.values():
+        assert 0 < v["edited"] <= 1 and 0 <= v["decided"] <= 1
+    if kind == "beta":  # independent pixels: only the painted values lose their variance
+        prior = out["prior_variance"][0]
+        want = float(prior[out["masks"][1]].sum() / prior.sum())
+        assert decided["skin"]["decided"] == pytest.approx(want, rel=1e-4) and decided["skin"]["halved"] == 0
+
+
 def test_segment_mask_covers_the_segment():
     m = editing.segment_mask((1, 20, 20), 0.5, 0.1, 0.5, 0.9, width=0.05)
     assert m[0, 10, 2:17].all() and not m[0, 0].any() and m.dtype == torch.bool
