@@ -118,15 +118,17 @@ def _tile_channels(values: torch.Tensor) -> torch.Tensor:
     return values.permute(1, 0, 2).reshape(H, C * W)
 
 
-def colormap_rgb(values: torch.Tensor, diverging: bool = False) -> Tuple[np.ndarray, float]:
+def colormap_rgb(values: torch.Tensor, diverging: bool = False,
+                 scale: Optional[float] = None) -> Tuple[np.ndarray, float]:
     """A (C, H, W) map of variances or covariances as an (H, C·W, 3) uint8 picture.
 
     Sequential maps (variance) use viridis on [0, max]; diverging maps (covariance) use
-    RdBu_r on [−m, m] with m = max |value|, so white is zero. Returns the picture and the
-    scale (max or m) for the caption.
+    RdBu_r on [−m, m] with m = max |value|, so white is zero; `scale`, if given, replaces max
+    or m (to compare maps on one scale). Returns the picture and the scale for the caption.
     """
     flat = _tile_channels(values.detach().float().cpu())
     vmax = float(flat.abs().max()) if flat.numel() else 0.0
+    vmax = vmax if scale is None else float(scale)
     scale = vmax if vmax > 0 else 1.0
     if diverging:
         t, cmap = (flat / scale + 1) / 2, colormaps["RdBu_r"]
@@ -277,6 +279,11 @@ class _Panel:
 
     def _png(self, image: torch.Tensor, zoom: Optional[int] = None) -> bytes:
         return png_bytes(display_array(image), zoom or self.zoom)
+
+    def _map_zoom(self) -> int:
+        """The upscale of a map that shows the channels side by side (`colormap_rgb`)."""
+        C, H, W = self.image_shape
+        return default_zoom(H, C * W)
 
     def _new_z_button(self, callback: Callable[[], None]) -> List[widgets.Button]:
         """["new z from prior"], or [] for a fixed distribution (no latent to redraw)."""
@@ -612,10 +619,6 @@ class LatentPanel(_Panel):
         self._caption("variance", "per-pixel variance", f"0 … {vmax:.2g}")
         self.select_pixel(*self.pixel)
 
-    def _map_zoom(self) -> int:
-        C, H, W = self.image_shape
-        return default_zoom(H, C * W)
-
     def pixel_index(self, row: int, col: int) -> int:
         """Flat index of (row, col) in channel 0 (C, H, W order)."""
         return row * self.image_shape[2] + col
@@ -668,9 +671,19 @@ class EditPanel(_Panel):
     (`PAPER_EDIT_SCALE`). A smaller scale lets the εI term weigh more against P, so an
     edit moves the unedited pixels less. It acts on low-rank models only.
 
+    Beyond the mean (not in the paper): "resample the rest" draws a new sample of the unedited
+    pixels from the whole conditional p(y₁ | y₂ = edits) (`conditional`), the strokes kept, and
+    shows it instead of the mean ("show" switches back); the sample keeps its noise (ω_p, ω_d)
+    while strokes are added, so it changes only as the edit does. "conditional variance" shows
+    diag of the conditional covariance next to it, on the scale of the variance before any
+    edit, so that what the strokes decided is dark and what they left open stays bright.
+    Without a browser: `resample()`, `view.value`, `variance_toggle.value`.
+
     Arguments as for ComponentPanel, plus the initial `colour`, brush `radius` and
     `component_scale`.
     """
+
+    MEAN, SAMPLE = "conditional mean", "conditional sample"
 
     def __init__(self, model_or_distribution, z=None, *, image_shape=None, seed: int = 0,
                  zoom: Optional[int] = None, colour: str = "#ffffff", radius: Optional[float] = None,
@@ -705,17 +718,39 @@ class EditPanel(_Panel):
         self.undo_button.on_click(lambda _: self.undo())
         self.reset_button = _button("reset", "times")
         self.reset_button.on_click(lambda _: self.reset())
+        self.view = widgets.ToggleButtons(options=[self.MEAN, self.SAMPLE], value=self.MEAN,
+                                          tooltips=["the conditional mean of the unedited pixels",
+                                                    "a sample of them given the strokes"],
+                                          style={"button_width": "auto"})
+        self.view.observe(lambda change: self.render(), names="value")
+        self.resample_button = _button("resample the rest", "random")
+        self.resample_button.add_class("sosvae-edit-resample")
+        self.resample_button.on_click(lambda _: self.resample())
+        self.variance_toggle = widgets.ToggleButton(value=False, description="conditional variance", icon="eye",
+                                                    layout=widgets.Layout(width="auto"))
+        self.variance_toggle.add_class("sosvae-edit-variance-toggle")
+        self.variance_toggle.observe(lambda change: self.render(), names="value")
+        self.result_caption = widgets.HTML()
+        map_zoom = self._map_zoom()
+        self.variance_image = _image(C * W * map_zoom, H * map_zoom)
+        self.variance_image.add_class("sosvae-edit-variance")
+        self.variance_caption = widgets.HTML()
+        self.variance_box = widgets.VBox([self.variance_caption, self.variance_image],
+                                         layout=widgets.Layout(flex="0 0 auto", display="none"))
         self.widget = widgets.VBox([
             widgets.HTML("<h4>Edit by conditioning on painted pixels (eqs. 6–7, Fig. 6)</h4>"),
             _row([self.colour, self.radius, self.undo_button, self.reset_button,
                           *self._new_z_button(lambda: self.set_z(None))]),
             _row([self.component_scale]),
+            _row([self.view, self.resample_button, self.variance_toggle]),
             _row([_captioned(self.edit_image, "edit: paint here"),
-                          _captioned(self.result_image, "conditional mean E[y₁ | y₂ = edit]")]),
+                  widgets.VBox([self.result_caption, self.result_image], layout=widgets.Layout(flex="0 0 auto")),
+                  self.variance_box]),
             self.status])
         self.widget.add_class("sosvae-edit-panel")
         self.strokes: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (H, W) mask, (C,) values
         self._live: Optional[dict] = None
+        self._noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (ω_p, ω_d) of the shown sample
         self.set_z(z)
 
     # the math, callable without a browser
@@ -744,6 +779,16 @@ class EditPanel(_Panel):
         """Remove every stroke: the result is the mean again."""
         self.strokes.clear()
         return self.render()
+
+    def resample(self) -> torch.Tensor:
+        """A new sample of the unedited pixels given the strokes (new noise ω_p, ω_d), shown
+        instead of the conditional mean; the strokes stay. Returns it (C, H, W), clamped."""
+        d = self.distribution
+        self._noise = d.draw_noise(self.generator)
+        if self.view.value == self.SAMPLE:
+            return self.render()
+        self.view.value = self.SAMPLE  # renders
+        return self.current_image
 
     def edits(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """All strokes so far as (mask (C, H, W) bool, values (k,) in flattened mask order)."""
@@ -775,19 +820,43 @@ class EditPanel(_Panel):
         mask, values = self.edits()
         self.mask, self.values = mask, values
         d = self.conditioned_distribution()
-        self.result = d.conditional_mean(mask, values).reshape(self.image_shape)
+        sample = self.view.value == self.SAMPLE
+        rest = None
+        if (sample or self.variance_toggle.value) and not bool(mask.all()):
+            rest = d.conditional(mask, values)  # the unedited pixels given the strokes
+        if sample and rest is not None:
+            if self._noise is None:
+                self._noise = d.draw_noise(self.generator)
+            omega_p, omega_d = self._noise
+            self.result = self._painted(mask, values, clamp=False)
+            self.result[~mask] = rest.rsample(omega_p=omega_p[..., :rest.noise_rank], omega_d=omega_d[~mask.reshape(-1)])
+            self.result_caption.value = "<b>a conditional sample</b><br><small>of p(y₁ | y₂ = edit)</small>"
+        else:
+            self.result = d.conditional_mean(mask, values).reshape(self.image_shape)
+            self.result_caption.value = "<b>conditional mean E[y₁ | y₂ = edit]</b><br><small>&nbsp;</small>"
         self.current_image = self.result.clamp(0, 1)
         self.current_edit = self._painted(mask, values)
         self.result_image.value = self._png(self.current_image)
         self.edit_image.value = self._png(self.current_edit)
+        self.variance_box.layout.display = "" if self.variance_toggle.value else "none"
+        self.current_variance = None
+        if self.variance_toggle.value:
+            self.current_variance = torch.zeros(self.image_shape)
+            if rest is not None:
+                self.current_variance[~mask] = rest.variance.to(self.current_variance.dtype)
+            before = float(d.variance.max())
+            rgb, _ = colormap_rgb(self.current_variance, scale=before)
+            self.variance_image.value = png_bytes(rgb, self._map_zoom())
+            self.variance_caption.value = (f"<b>conditional variance</b><br><small>0 … {before:.2g} (the largest "
+                                           f"variance before the edit); edited pixels 0</small>")
         self._timed(t0, f", {int(mask[0].sum())} edited pixels, strokes: {len(self.strokes)}")
         return self.current_image
 
-    def _painted(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def _painted(self, mask: torch.Tensor, values: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """μ with the edited pixels set to their values (what the user asked for)."""
         edit = self.distribution.mean.reshape(self.image_shape).clone()
         edit[mask] = values
-        return edit.clamp(0, 1)
+        return edit.clamp(0, 1) if clamp else edit
 
     # mouse input: (x, y) are the displayed PNG's pixels (`event_xy`)
 
@@ -861,6 +930,7 @@ def measure_latency(model_or_distribution, repeats: int = 5, seed: int = 0,
         latent_click      a click on the mean: covariance_row + two PNGs;
         edit_stroke_up    mouse-up of a 10-point stroke: conditional mean + two PNGs;
         edit_stroke_all   the whole stroke, mouse-down, 8 moves (live preview) and up;
+        edit_resample     "resample the rest": the whole conditional and a sample of it + PNG;
         edit_undo         undo one stroke (re-conditions on the rest);
         new_z             decode a new z and factorise P (once per z, not per tick).
     """
@@ -909,6 +979,8 @@ def measure_latency(model_or_distribution, repeats: int = 5, seed: int = 0,
     results["edit_stroke_up"] = _stats(up)
     results["edit_stroke_all"] = _stats(whole)
     results["edited_pixels_at_end"] = int(ep.mask[0].sum())
+    results["edit_resample"] = _stats([_time(ep.resample) for _ in range(repeats)])
+    ep.view.value = ep.MEAN  # undo below times the mean, as before
     for _ in range(repeats):
         undo.append(_time(ep.undo))
     results["edit_undo"] = _stats(undo)

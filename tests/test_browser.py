@@ -2,8 +2,9 @@
 
 Starts JupyterLab on 127.0.0.1 in a temporary root holding a copy of
 notebooks/10_widgets.ipynb (profile smoke), opens it in Debian's /usr/bin/chromium,
-runs all cells, drags a component slider, moves the slerp slider, clicks a pixel and
-paints a brush stroke, and checks that the images the kernel sends back change.
+runs all cells, drags a component slider, moves the slerp slider, clicks a pixel,
+paints a brush stroke, resamples the unedited pixels and shows their conditional variance,
+and checks that the images the kernel sends back change (and the stroke stays).
 Screenshots of each panel go to outputs/browser/ (git-ignored). Skipped, saying why,
 when Chromium or Playwright is missing or Chromium cannot start.
 """
@@ -272,6 +273,31 @@ def test_widgets_in_jupyterlab(lab, browser):
         status = page.locator(".sosvae-edit-panel").inner_text()
         assert "strokes: 1" in status, status
         page.locator(".sosvae-edit-panel").screenshot(path=SHOTS / "04_edit_panel.png")
+
+        # 5. "resample the rest": a conditional sample replaces the mean, the stroke stays
+        input_png = page.locator(edit_in).screenshot()
+        before = src(page, edit_out)
+        page.locator(".sosvae-edit-resample").click()
+        wait_src_change(page, edit_out, before)
+        page.wait_for_timeout(300)
+        sampled_png = page.locator(edit_out).screenshot(path=SHOTS / "edit_resampled.png")
+        assert (pixels(input_png) == pixels(page.locator(edit_in).screenshot())).all(), "the edit input changed"
+        mean_px, sample_px = pixels(after_png), pixels(sampled_png)
+        assert (mean_px[~painted] != sample_px[~painted]).any(), "resampling did not change the unedited pixels"
+        stroke = painted.copy()  # the stroke's inner pixels (its anti-aliased rim aside) keep their colour
+        stroke[1:-1] &= painted[:-2] & painted[2:]
+        stroke[:, 1:-1] &= painted[:, :-2] & painted[:, 2:]
+        assert stroke.any() and abs(mean_px[stroke] - sample_px[stroke]).max() <= 2, "the stroke did not stay"
+        assert "a conditional sample" in page.locator(".sosvae-edit-panel").inner_text()
+        assert "strokes: 1" in page.locator(".sosvae-edit-panel").inner_text()
+
+        # 6. the conditional variance appears beside it
+        assert not page.locator(".sosvae-edit-variance").is_visible()
+        page.locator(".sosvae-edit-variance-toggle").click()
+        page.wait_for_selector(".sosvae-edit-variance", state="visible")
+        page.wait_for_function("() => { const e = document.querySelector('.sosvae-edit-variance');"
+                               " return e && e.naturalWidth > 0; }")
+        page.locator(".sosvae-edit-panel").screenshot(path=SHOTS / "06_edit_resampled_variance.png")
         page.screenshot(path=SHOTS / "05_after_interaction.png")  # the viewport: Lab scrolls inside
         assert not errors, errors
     finally:

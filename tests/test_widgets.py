@@ -305,6 +305,46 @@ def test_edit_mouse_stroke_is_apply_stroke():
     close(panel.current_image, expected)
 
 
+@pytest.mark.parametrize("model_kind", ["sos", "beta"])
+def test_edit_resample_the_rest_draws_conditional_samples_and_keeps_the_strokes(model_kind):
+    shape = (3, 6, 5)
+    C, H, W = shape
+    model = tiny_vae(shape, model_kind)
+    panel = EditPanel(model, seed=0)
+    stroke = [(2.5, 0.5), (2.5, 3.5)]
+    panel.apply_stroke(stroke, "#ff0000", 0.5)
+    mask = stroke_mask(stroke, 0.5, H, W).expand(C, H, W)
+    values = colour_to_values("#ff0000", C)[:, None].expand(C, int(mask[0].sum())).reshape(-1)
+    mean = panel.current_image.clone()
+    panel.resample_button.click()
+    assert panel.view.value == EditPanel.SAMPLE and len(panel.strokes) == 1
+    first = panel.result.clone()
+    torch.testing.assert_close(first[mask], values)  # the strokes stay
+    assert not torch.allclose(first[~mask], mean[~mask])
+    # the sample is the conditional's, with the noise the panel drew
+    d = decoded(model, panel.z)
+    rest = d.conditional(mask, values)
+    omega_p, omega_d = panel._noise
+    close(first[~mask], rest.rsample(omega_p=omega_p[..., :rest.noise_rank], omega_d=omega_d[~mask.reshape(-1)]))
+    panel.resample()
+    assert not torch.allclose(panel.result[~mask], first[~mask])  # new noise, a new sample
+    torch.testing.assert_close(panel.result[mask], values)
+    panel.view.value = EditPanel.MEAN
+    close(panel.current_image, mean)
+
+    # the conditional variance: 0 on the stroke, the conditional's elsewhere, never above the variance before
+    assert panel.variance_box.layout.display == "none" and panel.current_variance is None
+    panel.variance_toggle.value = True
+    assert panel.variance_box.layout.display == ""
+    assert torch.all(panel.current_variance[mask] == 0)
+    close(panel.current_variance[~mask], rest.variance)
+    assert torch.all(panel.current_variance <= d.variance.reshape(shape) + 1e-6)
+    if model_kind == "beta":  # independent pixels: the edit decides nothing elsewhere
+        close(panel.current_variance[~mask], d.variance.reshape(shape)[~mask])
+    panel.reset()  # nothing edited: the variance before any edit
+    close(panel.current_variance, d.variance.reshape(shape))
+
+
 def test_event_xy():
     event = {"relativeX": 30, "relativeY": 10, "boundingRectWidth": 100, "boundingRectHeight": 50,
              "dataX": 0, "dataY": 0}
@@ -336,6 +376,6 @@ def test_measure_latency_reports_every_callback():
     model = tiny_vae((1, 6, 5))
     report = measure_latency(model, repeats=2)
     for key in ("component_slider", "slerp_slider", "latent_click", "edit_stroke_up",
-                "edit_stroke_all", "edit_undo", "new_z"):
+                "edit_stroke_all", "edit_undo", "edit_resample", "new_z"):
         assert report[key]["median_ms"] >= 0 and report[key]["n"] >= 1
     assert report["image_shape"] == [1, 6, 5]
