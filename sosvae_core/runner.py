@@ -139,10 +139,11 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
             "figures": sorted(p.name for p in out_dir.glob("*.png"))}
 
 
-# Notebook 11 reads the others' results, so it runs after them. Of the rest the FID notebooks
-# take longest, so they start first when notebooks run side by side.
+# Notebook 11 reads the others' results, so it runs after them. Of the rest notebook 12's
+# inpainting and the FID notebooks take longest, so they start first, in this order, when
+# notebooks run side by side.
 RUN_LAST = ("11",)
-START_FIRST = ("08", "09")
+START_FIRST = ("12", "08", "09")
 
 
 def _write_summary(output: Path, summary: dict) -> None:
@@ -204,7 +205,8 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
             if trained:
                 print(f"    trained {len(trained)} run(s) in {summary['training_wall_time_s']:.0f} s", flush=True)
         side_by_side = [b for b in books if b.name[:2] not in RUN_LAST]
-        side_by_side.sort(key=lambda b: (b.name[:2] not in START_FIRST, b.name))
+        side_by_side.sort(key=lambda b: (START_FIRST.index(b.name[:2]) if b.name[:2] in START_FIRST
+                                          else len(START_FIRST), b.name))
         saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
         if jobs > 1:  # each kernel inherits its share of the cores
             os.environ.update(thread_environment(jobs))

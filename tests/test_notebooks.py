@@ -87,6 +87,7 @@ def test_each_paper_figure_is_saved(smoke_run):
         "08": ["table1_fid"],
         "09": ["fig3_dorta_vs_sos", "table1_gray_fid"],
         "11": ["scorecard"],
+        "12": ["completions_edit", "conditional_variance", "inpainting_centre", "inpainting_random"],
     }
     for number, names in expected.items():
         missing = {f"{n}.png" for n in names} - set(results[number]["figures"])
@@ -200,6 +201,22 @@ def test_dorta_comparison_reports_fid_and_cost(smoke_run):
     assert isinstance(m["paper_sample_ordering_holds"], bool)
     for kind in ("dorta", "sos"):
         assert m["cost_per_image"][kind]["sample_ms_per_image"] > 0
+
+
+def test_conditional_completions_and_inpainting_are_measured(smoke_run):
+    m = metrics(smoke_run, "12")
+    for kind, per_edit in m["variance_decided"].items():  # an edit never adds variance
+        for v in per_edit.values():
+            assert 0 < v["edited"] < 1 and 0 <= v["decided"] <= 1 and 0 <= v["halved"] <= 1, (kind, v)
+    for v in m["variance_decided"]["beta"].values():  # independent pixels: the others keep their variance
+        assert v["halved"] == 0, v
+    rows = {(r["model"], r["answer"].split()[0]): r for r in m["inpainting"]}
+    assert set(rows) == {("sos", "conditional"), ("sos", "marginal"), ("beta", "marginal"), ("laplace", "marginal")}
+    for r in rows.values():
+        assert r["n"] == m["inpainting_n"] >= 2 and r["steps"] == m["inpainting_steps"]
+        for box in ("centre", "random"):
+            assert r[f"{box}_bits"]["se"] >= 0 and r[f"{box}_mse"]["mean"] > 0, r
+    assert set(m["inpainting_gain_over_beta"]) == {"centre", "random"}
 
 
 def test_scorecard_records_every_claim(smoke_run):

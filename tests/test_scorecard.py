@@ -153,13 +153,19 @@ def test_rules_of_the_numeric_claims():
     assert sc.check(8, {"mse_ours": 0.0144, "mse_pca": 0.0142}) is True
     assert sc.check(8, {"mse_ours": 0.02, "mse_pca": 0.0142}) is False
     assert sc.check(9, {"ratio": 11.76 / 0.0322}) is True and sc.check(9, {"ratio": 1.4}) is False
+    # claim 10 (beyond the paper): the gain must clear 2 standard errors for both boxes
+    inpaint = {"centre_gain": 0.5, "centre_gain_se": 0.2, "random_gain": 0.3, "random_gain_se": 0.1}
+    assert sc.check(10, inpaint) is True
+    assert sc.check(10, dict(inpaint, random_gain=0.15)) is False  # 1.5 standard errors: not enough
+    assert sc.check(10, dict(inpaint, centre_gain=-80.0)) is False  # SOS-VAE worse
     assert sc.check(3, {}) is None  # not measured
-    with pytest.raises(ValueError, match="unknown claim 10"):
-        sc.check(10, {})
+    with pytest.raises(ValueError, match="unknown claim 11"):
+        sc.check(11, {})
 
 
 def test_every_claim_has_a_title_and_a_rule_and_formats():
-    assert set(sc.RULES) == set(sc.TITLES) == set(range(1, 10))
+    assert set(sc.RULES) == set(sc.TITLES) == set(range(1, 11))
+    assert all("beyond the paper" in t[10] for t in (sc.RULES, sc.TITLES))
     rows = [sc.row(2, "celeba", {"pixel_variance": 0.03}, "0.0322"),
             sc.row(7, "celeba", {"edits": {"hair": {"propagation": 1.0, "unchanged_fraction": 0.5}}}, "—"),
             sc.row(4, "celeba64_gray", {}, "—")]
