@@ -58,17 +58,30 @@ class NotebookContext:
         return get_or_train(cfg, runs_dir=self.runs_dir, data_root=self.data_root, device=self.device,
                             datasets=self.splits(dataset), progress=True)
 
+    def is_trained(self, cfg: Config) -> bool:
+        """Whether the runs folder holds this config's finished run (on this data)."""
+        from .runs import is_finished, run_name
+        return is_finished(self.runs_dir / run_name(cfg, self.data_root))
+
     def planned_configs(self) -> List[Config]:
         """Every run the numbered notebooks use (07's longer ablation, asked for by its
         parameter, aside): five observation models on the main dataset, β-VAE and SOS-VAE
-        on the brain slices (with a data root), and β-VAE, Dorta et al. and SOS-VAE on the
-        gray comparison of notebook 09."""
+        on the brain slices (with a data root), β-VAE, Dorta et al. and SOS-VAE on the gray
+        comparison of notebook 09, and notebook 13's runs (`beyond_the_paper_configs`)."""
         from .scorecard import gray_dataset
         plan = [(kind, self.dataset) for kind in MAIN_MODELS]
         if self.has_real_data:
             plan += [(kind, "brain") for kind in ("beta", "sos")]
         plan += [(kind, gray_dataset(self)) for kind in ("beta", "dorta", "sos")]
-        return [self.config(kind, dataset) for kind, dataset in plan]
+        configs = [self.config(kind, dataset) for kind, dataset in plan]
+        return configs + self.beyond_the_paper_configs()
+
+    def beyond_the_paper_configs(self) -> List[Config]:
+        """Notebook 13's runs on the main dataset: the learned-ε model and the SOS-VAE at each rank
+        of the reduced sweep (`tradeoffs.QUICK_RANKS`; the full sweep is a documented command)."""
+        from .tradeoffs import QUICK_RANKS
+        main_rank = self.config("sos").rank
+        return [self.config("sos_learned_eps")] + [self.config("sos", rank=r) for r in QUICK_RANKS if r != main_rank]
 
     def train_all(self, jobs: Optional[int] = None) -> dict:
         """Train the planned runs that no run folder has yet, `jobs` at a time (default: one

@@ -87,6 +87,7 @@ def test_each_paper_figure_is_saved(smoke_run):
         "08": ["table1_fid"],
         "09": ["fig3_dorta_vs_sos", "table1_gray_fid"],
         "11": ["scorecard"],
+        "13": ["price_of_coherence", "rank_ablation_curves", "rank_ablation_samples"],
         "12": ["completions_edit", "conditional_variance", "inpainting_centre", "inpainting_random"],
     }
     for number, names in expected.items():
@@ -217,6 +218,19 @@ def test_conditional_completions_and_inpainting_are_measured(smoke_run):
         for box in ("centre", "random"):
             assert r[f"{box}_bits"]["se"] >= 0 and r[f"{box}_mse"]["mean"] > 0, r
     assert set(m["inpainting_gain_over_beta"]) == {"centre", "random"}
+
+
+def test_the_price_of_coherence_and_the_rank_sweep_are_measured(smoke_run):
+    import math
+
+    from sosvae_core.tradeoffs import EPS_GRID, QUICK_RANKS
+    m = metrics(smoke_run, "13")
+    rows = m["eps_tradeoff"]
+    assert [r["eps"] for r in rows] == list(EPS_GRID)
+    assert all(math.isfinite(r["bits_per_dim"]) and r["bits_per_dim_se"] >= 0 and -1 <= r["coherence"] <= 1 for r in rows)
+    assert {"β-VAE", "SOS-VAE, learned ε"} == set(m["tradeoff_points"]) and m["learned_eps"] > 0
+    assert {p["rank"] for p in m["rank_ablation"]} == set(QUICK_RANKS)
+    assert all(p["step_seconds"] > 0 and 0 < p["top_component_share"] <= 1 for p in m["rank_ablation"])
 
 
 def test_scorecard_records_every_claim(smoke_run):

@@ -24,10 +24,14 @@ def test_each_planned_job_trains_the_run_folder_the_notebooks_load(tmp_path, dat
     datasets = {c.experiment for c in plan}
     assert datasets == ({"celeba", "brain", "celeba64_gray"} if data else {"portraits", "lfw"})
     # one folder per planned config (the data's identity, the same for all, stubbed: no images here)
-    assert len({run_name(c, data={}) for c in plan}) == len(plan) == (9 if data else 7)
+    from sosvae_core.notebook import MAIN_MODELS
+    beyond = ctx.beyond_the_paper_configs()
+    expected = len(MAIN_MODELS) + (2 if data else 0) + 3 + len(beyond)  # main, brain, gray, notebook 13
+    assert len({run_name(c, data={}) for c in plan}) == len(plan) == expected
     for cfg in plan:
         cmd = pool.train_command(cfg, tmp_path / "runs", tmp_path / "cache")
-        assert "--set" not in cmd  # the plan is the profiles as they are
+        # the plan is the profiles as they are, but for the rank sweep's ranks
+        assert ("--set" in cmd) == (cfg.rank != ctx.config("sos").rank)
         assert config_of_command(cmd) == cfg
 
 
