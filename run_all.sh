@@ -2,7 +2,7 @@
 # The main job: install the package when needed (install.sh), then execute every notebook headless
 # with papermill.
 #   bash run_all.sh [--no-install] [--profile smoke|quick|paper] [--data-root DIR] [--device auto|cpu|cuda]
-#                   [--only 02 05] [--output DIR] [--runs-dir DIR]
+#                   [--only 02 05] [--output DIR] [--runs-dir DIR] [--jobs N] [--param KEY=VALUE ...]
 # Without a data root (or $SOSVAE_DATA_ROOT) it runs the quick profile on the bundled synthetic portraits.
 # Executed notebooks, figures and summary.json go to ./outputs (git-ignored).
 set -euo pipefail

@@ -1,7 +1,7 @@
 """Execute the numbered notebooks headless with papermill (run_all.sh and the tests).
 
     python -m sosvae_core.runner --profile quick [--data-root DIR] [--device cpu] [--only 02 05] [--output outputs]
-                                 [--runs-dir DIR] [--jobs N]
+                                 [--runs-dir DIR] [--jobs N] [--param KEY=VALUE ...]
 
 Each notebook NN_name.ipynb is executed with its `parameters` cell set, into
 <output>/NN_name.ipynb, with its figures and metrics.json in <output>/NN_name/.
@@ -22,8 +22,10 @@ cell and error.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -112,6 +114,27 @@ class _Locked:
             self.stream.flush()
 
 
+def declared_parameters(path: Path) -> set:
+    """The names a notebook's `parameters` cell assigns."""
+    import nbformat
+    cells = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return {m.group(1) for c in cells for m in re.finditer(r"^([A-Za-z_]\w*)\s*=", c.source, re.M)}
+
+
+def parse_params(pairs) -> dict:
+    """--param KEY=VALUE … → {KEY: value} (a Python literal, else the text)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--param takes KEY=VALUE, got {pair!r}; e.g. --param k=1000 'ranks=[1, 5, 25]'")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "python3", stream=None,
                  prefix: str = "    │ ") -> dict:
     """Execute one notebook into `output`; what its cells print goes to `stream` as it comes (if given),
@@ -143,7 +166,7 @@ def run_notebook(path: Path, output: Path, parameters: dict, kernel: str = "pyth
 # inpainting and the FID notebooks take longest, so they start first, in this order, when
 # notebooks run side by side.
 RUN_LAST = ("11",)
-START_FIRST = ("12", "08", "09")
+START_FIRST = ("12", "13", "08", "09")
 
 
 def _write_summary(output: Path, summary: dict) -> None:
@@ -155,7 +178,8 @@ def _write_summary(output: Path, summary: dict) -> None:
 
 
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,
-            output="outputs", dataset=None, seed: int = 0, runs_dir=None, jobs: Optional[int] = None) -> dict:
+            output="outputs", dataset=None, seed: int = 0, runs_dir=None, jobs: Optional[int] = None,
+            params: Optional[dict] = None) -> dict:
     """Execute the notebooks (all, or `only`) into `output`. Trained models come from, and go
     to, the runs folder shared with the command line and Jupyter (`paths.runs_root`).
 
@@ -163,7 +187,8 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     per CPU core up to 4, one on a GPU). When notebook 01 is among those run, every model
     the notebooks use is trained first, `jobs` at a time (`pool.train_all`); then the
     notebooks run `jobs` at a time, each kernel with its share of the cores, and
-    notebook 11 (the scorecard, which reads the others' results) last."""
+    notebook 11 (the scorecard, which reads the others' results) last. `params` sets more
+    parameters, each in the notebooks whose parameters cell declares it."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     from .notebook import context
@@ -172,6 +197,12 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     output.mkdir(parents=True, exist_ok=True)
     runs = runs_root(runs_dir).resolve()
     books = list_notebooks(only)
+    params = params or {}
+    declared = {book: declared_parameters(book) for book in books}
+    unknown = sorted(set(params) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(f"no notebook among those run takes the parameter(s) {unknown}; see the parameters cell "
+                         f"of the notebook you mean (e.g. --only 13 --param k=1000)")
     jobs = parse_jobs(jobs) if jobs is not None else default_jobs(device)
     parameters = {"profile": profile, "data_root": str(data_root) if data_root else None, "device": device,
                   "runs_dir": str(runs), "seed": seed}
@@ -187,7 +218,8 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
         prefix = f"    {book.name[:2]} │ " if jobs > 1 else "    │ "
         with lock:
             print(f"[{time.strftime('%H:%M:%S')}] {book.name} …", flush=True)
-        result = run_notebook(book, output, parameters, stream=_Locked(sys.stdout, lock), prefix=prefix)
+        extra = {k: v for k, v in params.items() if k in declared[book]}
+        result = run_notebook(book, output, {**parameters, **extra}, stream=_Locked(sys.stdout, lock), prefix=prefix)
         with lock:
             print(f"[{time.strftime('%H:%M:%S')}] {book.name} done in {result['wall_time_s']:.0f} s; "
                   f"figures: {', '.join(result['figures']) or 'none'}", flush=True)
@@ -262,6 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", help="runs trained and notebooks executed at once (default: one per CPU core "
                                    "up to 4, one on a GPU; $SOSVAE_JOBS)")
     ap.add_argument("--runs-dir", help=f"parent of the run folders (default: ${ENV_RUNS_DIR}, else runs/ of the checkout)")
+    ap.add_argument("--param", nargs="*", metavar="KEY=VALUE",
+                    help="a notebook parameter, set in each notebook that declares it, e.g. --only 13 --param k=1000")
     args = ap.parse_args(argv)
     if args.data_root and not Path(args.data_root).is_dir():
         print(f"error: data root {args.data_root} is not a folder; pass --data-root DIR "
@@ -270,7 +304,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         summary = run_all(args.profile, args.data_root, args.device, args.only, args.output, args.dataset,
-                          runs_dir=args.runs_dir, jobs=args.jobs)
+                          runs_dir=args.runs_dir, jobs=args.jobs, params=parse_params(args.param))
     except (NotebookFailed, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -84,3 +84,15 @@ def test_run_all_names_a_damaged_checkpoint_in_one_line(lfw, tmp_path):
     message = str(info.value)
     assert f"DamagedFile: checkpoint {run / 'checkpoint.pt'} is damaged (" in message and "\n" not in message
     assert "; delete it to train the run again" in message
+
+
+def test_a_param_reaches_only_the_notebooks_that_declare_it(tmp_path):
+    from sosvae_core.runner import NOTEBOOKS, declared_parameters, parse_params, run_all
+    assert parse_params(["k=1000", "ranks=[1, 5]", "name=abc"]) == {"k": 1000, "ranks": [1, 5], "name": "abc"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_params(["k"])
+    book = sorted(NOTEBOOKS.glob("13_*.ipynb"))[0]
+    assert {"k", "ranks", "train_missing", "profile"} <= declared_parameters(book)
+    with pytest.raises(ValueError, match=r"no notebook among those run takes the parameter\(s\) \['k'\]"):
+        run_all("smoke", only=["00"], output=tmp_path, runs_dir=tmp_path / "runs", params={"k": 5})
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
