@@ -49,7 +49,7 @@ __all__ = ["MASKS", "STEPS", "box_masks", "visible_log_prob", "fit_codes", "scor
 MASKS = ("centre", "random")
 FRACTION = 0.25  # of the image hidden
 # Adam steps per image, per profile: the quick profile's fit the CPU budget of run_all.sh and stop
-# short of convergence (docs/findings/inpainting_steps.md)
+# short of convergence (docs/findings/inpainting.md)
 STEPS = {"smoke": 5, "quick": 30, "paper": 300}
 LR = 0.1
 PROTOCOL = "inpainting-v1"  # changes when the protocol does, so that remembered numbers are recomputed
