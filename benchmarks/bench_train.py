@@ -19,7 +19,8 @@ it in the same run; `ratio` is its images/s over that baseline's:
     --amp            bf16 autocast for the networks; the likelihood stays float32
     --tf32           TF32 matmuls and convolutions (CUDA only)
     --channels-last  NHWC model and batch
-    --compile        torch.compile of the step's forward (compile time shown apart)
+    --compile        torch.compile of the step's forward, as `--set compile=True` trains
+                     (the first step, which compiles, is shown apart)
     --large-batch K  batch × K, learning rate × K (throughput only: it changes training)
     --combined       all the toggles given, at once
     --head-channels N  the observation heads see N feature maps instead of the config's
@@ -72,7 +73,7 @@ def measure(job: dict) -> dict:
     from sosvae_core.data import output_shape
     from sosvae_core.objective import ConstraintConfig, Multipliers, lagrangian
     from sosvae_core.networks import build_model
-    from sosvae_core.train import ObjectiveTerms, select_device
+    from sosvae_core.train import ObjectiveTerms, compiled, select_device
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -98,8 +99,8 @@ def measure(job: dict) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr * job["batch_mult"])
     constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(shape), cfg.damping,
                                    cfg.multiplier_lr, cfg.one_sided_damping)
-    terms = ObjectiveTerms(model, cfg.model, amp=job["amp"])
-    forward = torch.compile(terms) if job["compile"] else terms
+    terms = ObjectiveTerms(model, cfg.model, amp=job["amp"], distribution=False)  # as the Trainer's step
+    forward = compiled(terms) if job["compile"] else terms
 
     def sync():
         if device.type == "cuda":

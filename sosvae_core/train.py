@@ -180,21 +180,25 @@ def _set_rng_state(state: dict, flip_gen: torch.Generator, device: torch.device)
             torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def mean_variance(obs) -> float:
-    """Average per-pixel variance, where it is cheap (the Dorta model's is not)."""
+def mean_variance(obs) -> torch.Tensor:
+    """Average per-pixel variance (a 0-d tensor), NaN where it is not cheap (the Dorta model's)."""
+    nan = torch.full((), float("nan"), device=obs.loc.device)
     if getattr(obs, "variance_is_expensive", False):
-        return float("nan")
+        return nan
     try:
         with torch.no_grad():
-            return float(obs.variance.mean())
+            return obs.variance.mean()
     except NotImplementedError:
-        return float("nan")
+        return nan
 
 
 class ObjectiveTerms(torch.nn.Module):
-    """x → (NLL, KL, entropy) per image, and the observation model.
+    """x → (NLL, KL, entropy) per image, and the observation model, or with
+    `distribution=False` its mean per-pixel variance (`mean_variance`) instead.
 
-    A module of its own so that DistributedDataParallel sees tensor outputs. The
+    A module of its own so that DistributedDataParallel sees tensor outputs; a training
+    step takes the variance, so that a compiled step returns tensors only (the
+    distribution's views of the heads' outputs cannot leave a compiled graph). The
     networks may run under bf16 autocast; the likelihood always runs in float32.
     Under data parallelism every rank draws the posterior noise of the whole global
     batch and keeps its own rows (rank, rank + world, ...: the rows the sampler gave
@@ -202,9 +206,9 @@ class ObjectiveTerms(torch.nn.Module):
     """
 
     def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, distribution: bool = True):
         super().__init__()
-        self.model, self.kind, self.amp = model, kind, amp
+        self.model, self.kind, self.amp, self.distribution = model, kind, amp, distribution
         self.latent = get_observation_model(kind).latent
         self.rank, self.world = rank, world
 
@@ -220,7 +224,15 @@ class ObjectiveTerms(torch.nn.Module):
                                     device=q.loc.device)[rank::world]
                 obs = self.model.decode(q.loc + noise * q.scale)  # = q.rsample() when world = 1
             kl = standard_normal_kl(q).float()
-        return -obs.log_prob(x.flatten(1).float()), kl, obs.entropy(), obs
+        nll, entropy = -obs.log_prob(x.flatten(1).float()), obs.entropy()
+        return nll, kl, entropy, obs if self.distribution else mean_variance(obs)
+
+
+def compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile of a training step's forward pass. Its random draws (the posterior noise)
+    come from torch's generator as in eager mode (inductor's own would differ), so a compiled
+    step equals the eager one to float rounding and resumes from the checkpointed RNG state."""
+    return torch.compile(module, options={"fallback_random": True, "layout_optimization": False})
 
 
 class Trainer:
@@ -276,8 +288,10 @@ class Trainer:
         self.pretrain_val_nll: Optional[list] = None  # validation NLL after each pre-training epoch
         self.release_step: Optional[int] = None  # the first step that trains the variance heads
         self.wall_time = 0.0
-        self.objective_terms = self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp,
-                                                                 self.rank, self.world)
+        # evaluation reads the distribution (its mean); a training step, its mean variance
+        self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp, self.rank, self.world)
+        self.objective_terms = ObjectiveTerms(self.model, cfg.model, self.amp, self.rank, self.world,
+                                              distribution=False)
         if self.distributed:
             if not get_observation_model(cfg.model).latent:
                 raise ValueError(f"the {cfg.model} model has no network to parallelise; "
@@ -286,7 +300,7 @@ class Trainer:
             self.objective_terms = torch.nn.parallel.DistributedDataParallel(
                 self.objective_terms, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.pretrain_epochs > 0)
-        self.forward = torch.compile(self.objective_terms) if cfg.compile else self.objective_terms
+        self.forward = compiled(self.objective_terms) if cfg.compile else self.objective_terms
         self._tb = None  # the TensorBoard writer, opened by fit() once it holds the folder
         self._log_fields: Dict[str, Optional[List[str]]] = {}  # each log's header, once it has one
 
@@ -392,7 +406,7 @@ class Trainer:
         self.model.train()
         x = self._batch(idx, self.flip)
         try:
-            nll, kl, entropy, obs = self.terms(x)
+            nll, kl, entropy, variance = self.terms(x)
         except CapacitanceError as err:  # NaN/huge P reaches the Cholesky before the loss
             raise TrainingDiverged(f"the covariance broke down at step {self.step} (epoch {self.epoch}): "
                                    f"{err}") from None
@@ -400,7 +414,8 @@ class Trainer:
                                       reduce=self._all_reduce if self.distributed else None)
         if self.distributed:  # DDP averages gradients; undo it so they are the global sum's
             loss = loss * self.world
-        self._check_finite(loss, obs)
+        variance = float(variance)
+        self._check_finite(loss, variance)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
@@ -416,7 +431,7 @@ class Trainer:
                 "kl": float(kl.mean()) if kl is not None else float("nan"),
                 "entropy": float(entropy.mean()), "lambda_kl": self.multipliers.kl.item(),
                 "lambda_entropy": self.multipliers.entropy.item(),
-                "mean_variance": mean_variance(obs), "grad_norm": float(grad_norm),
+                "mean_variance": variance, "grad_norm": float(grad_norm),
                 "pretrain": int(pretrain)}
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -424,12 +439,12 @@ class Trainer:
         dist.all_reduce(t)
         return t
 
-    def _check_finite(self, loss: torch.Tensor, obs) -> None:
+    def _check_finite(self, loss: torch.Tensor, var: float) -> None:
+        """var: the step's mean per-pixel variance, NaN where it is not cheap to compute (Dorta)."""
         where = f"at step {self.step} (epoch {self.epoch})"
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} {where}; the last good state is in "
                                    f"{self.checkpoint_path}; lower the learning rate or check the data")
-        var = mean_variance(obs)  # NaN where it is not cheap to compute (Dorta)
         if not math.isnan(var) and not var <= VARIANCE_LIMIT:
             raise TrainingDiverged(f"mean variance exploded to {var:.3g} {where}; "
                                    f"use the fixed diagonal and the entropy constraint (Appendix A)")

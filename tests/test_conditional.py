@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from sosvae_core.observations import DiagonalNormal, LowRankNormal, SparsePrecisionNormal
-from sosvae_core.observations.dorta import BandedPrecisionNormal
+from sosvae_core.observations import BandedPrecisionNormal, DiagonalNormal, LowRankNormal, SparsePrecisionNormal
 from sosvae_core.observations.laplace import DiagonalLaplace
 
 DT = torch.float64

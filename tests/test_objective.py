@@ -9,7 +9,8 @@ def test_kl_matches_closed_form():
     q = Normal(torch.randn(3, 5, generator=g), torch.rand(3, 5, generator=g) + 0.1)
     want = 0.5 * (q.scale ** 2 + q.loc ** 2 - 1 - 2 * q.scale.log()).sum(-1)
     torch.testing.assert_close(standard_normal_kl(q), want)
-    torch.testing.assert_close(standard_normal_kl(q), kl_divergence(q, Normal(0.0, 1.0)).sum(-1))
+    # torch's kl_divergence bit for bit (the trainer's is written out so that torch.compile traces it)
+    assert torch.equal(standard_normal_kl(q), kl_divergence(q, Normal(0.0, 1.0)).sum(-1))
 
 
 def test_gradient_is_the_mdmm_update():

@@ -433,3 +433,49 @@ def test_damaged_config_and_checkpoint_are_named_with_their_fix(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith(f"error: checkpoint {checkpoint} is damaged (") and len(err.splitlines()) == 1
     assert err.rstrip().endswith("; delete it to train the run again")
+
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_gives_the_eager_step(lfw, tmp_path):
+    # `--set compile=True` (inductor): the first step's loss, terms and gradient norm are eager
+    # mode's to float32 rounding; the variance heads train in it (no pre-training)
+    cfg = smoke("sos", epochs=1, pretrain_epochs=0)
+    rows = {}
+    for compile in (False, True):
+        Trainer(cfg.replace(compile=compile), tmp_path / str(compile), datasets=lfw, progress=False,
+                tensorboard=False).fit(max_steps=1)
+        rows[compile] = read_log(tmp_path / str(compile) / "metrics_steps.csv")[1][0]
+    for key in ("loss", "nll", "kl", "entropy", "mean_variance", "grad_norm"):
+        assert float(rows[True][key]) == pytest.approx(float(rows[False][key]), rel=1e-5), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(REGISTRY))
+def test_every_model_compiles_to_the_eager_loss_and_gradients(model, lfw):
+    # torch.compile's tracing (dynamo, AOT autograd) of a training step, without inductor's code
+    # generation: the loss and every gradient are eager mode's, and only Dorta et al.'s sparse
+    # solve (shapes that depend on the data) breaks the graph
+    from torch._dynamo.utils import counters
+    from sosvae_core.objective import ConstraintConfig, Multipliers, lagrangian
+    from sosvae_core.networks import build_model
+    cfg = smoke(model, pretrain_epochs=0)
+    x = lfw["train"].images[:cfg.batch_size].float() / 255
+    torch.manual_seed(0)
+    net = build_model(cfg, x.shape[1:])
+    terms = train.ObjectiveTerms(net, model, distribution=False)
+    constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(x.shape[1:]))
+    torch._dynamo.reset()
+    counters.clear()
+    results = []
+    for forward in (terms, torch.compile(terms, backend="aot_eager")):
+        torch.manual_seed(1)
+        nll, kl, entropy, _ = forward(x)
+        loss = lagrangian(nll, kl, entropy, Multipliers(), constraints)[0]
+        results.append((loss, torch.autograd.grad(loss, list(net.parameters()))))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager)
+    scale = max(float(g.abs().max()) for g in eager_grads)  # a bias before a norm layer: rounding noise only
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
+    assert (sum(counters["graph_break"].values()) > 0) == (model == "dorta"), dict(counters["graph_break"])

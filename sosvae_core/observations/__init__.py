@@ -13,14 +13,17 @@ the module below and add its `ObservationModel` to `REGISTRY`, one line.
 
 The distributions are torch Distributions (batch shapes, `expand`, value validation, second
 derivatives); `kl` registers closed-form `torch.distributions.kl_divergence` between the
-Gaussian ones and torch's MultivariateNormal and Independent(Normal, 1).
+Gaussian ones and torch's MultivariateNormal and Independent(Normal, 1). Each answers
+`conditional(mask, values)`, the distribution of the unedited pixels given the edited ones:
+low rank again for the low-rank model, the marginal for the pixel-independent ones, and for
+Dorta et al.'s a `BandedPrecisionNormal` (the precision's sub-block).
 """
 from __future__ import annotations
 
 from . import base, diagonal, dorta, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
 from .base import ObservationDistribution, ObservationModel
 from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
-from .dorta import SparsePrecisionHead, SparsePrecisionNormal
+from .dorta import BandedPrecisionNormal, SparsePrecisionHead, SparsePrecisionNormal
 from .lowrank import CapacitanceError, DistributionOnly, LowRankHead, LowRankNormal
 
 REGISTRY = {m.name: m for m in (
@@ -51,5 +54,5 @@ __all__ = [
     "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",
-    "SparsePrecisionNormal", "SparsePrecisionHead",
+    "SparsePrecisionNormal", "SparsePrecisionHead", "BandedPrecisionNormal",
 ]

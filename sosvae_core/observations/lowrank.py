@@ -59,17 +59,31 @@ class CapacitanceError(RuntimeError):
     """The R×R capacitance matrix I + Pᵀ D⁻¹ P could not be Cholesky-factorised."""
 
 
-def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
-    tril, info = torch.linalg.cholesky_ex(capacitance)
+@torch.library.custom_op("sosvae::checked_cholesky", mutates_args=())
+def _checked_cholesky(tril: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
+    """cholesky_ex's factor, or CapacitanceError where it failed. An operator of its own, so
+    that torch.compile runs the check (a branch on the data) inside its graph, unbroken."""
     if (info != 0).any():
         bad = int((info != 0).nonzero()[0, 0]) if info.dim() else 0
         raise CapacitanceError(
-            f"Cholesky of the {capacitance.shape[-1]}×{capacitance.shape[-1]} capacitance "
+            f"Cholesky of the {tril.shape[-1]}×{tril.shape[-1]} capacitance "
             f"I + Pᵀ D⁻¹ P failed (batch element {bad}): it is not positive definite, which "
             f"means cov_factor or cov_diag hold huge or non-finite values; lower the learning "
             f"rate or raise the diagonal ε"
         )
-    return tril
+    return tril.clone()  # an operator's output may not alias its input
+
+
+@_checked_cholesky.register_fake
+def _(tril, info):
+    return torch.empty_like(tril)
+
+
+_checked_cholesky.register_autograd(lambda ctx, grad: (grad, None))
+
+
+def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
+    return _checked_cholesky(*torch.linalg.cholesky_ex(capacitance))
 
 
 def _cross64(P: torch.Tensor, y: Optional[torch.Tensor], with_gram: bool):
