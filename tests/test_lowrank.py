@@ -192,6 +192,24 @@ def test_fused_fixed_diagonal_gradients_match_autograd_path():
     assert torch.autograd.gradcheck(fixed, (loc[:1].detach().requires_grad_(), P[:1].detach().requires_grad_()))
 
 
+@pytest.mark.parametrize("batch,pixels", [((), S), ((3,), S), ((2, 3), S), ((4,), 100_000)])
+@pytest.mark.parametrize("column_major", [False, True])
+def test_gradient_of_P_is_torchs_in_Ps_own_layout(batch, pixels, column_major):
+    # the fused backward writes P's gradient row- or column-major as P is (the heads make it
+    # column-major), without a batch, with two, and at 19 MB (a buffer advised onto huge pages)
+    from torch.distributions import LowRankMultivariateNormal
+    g = torch.Generator().manual_seed(5)
+    P = torch.randn(*batch, pixels, 6, generator=g, dtype=torch.float64) * 0.3
+    P = (P.mT.contiguous().mT if column_major else P).requires_grad_()
+    loc = torch.randn(*batch, pixels, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*batch, pixels, generator=g, dtype=torch.float64)
+    grads = []
+    for d in (LowRankNormal(loc, P, 1e-2), LowRankMultivariateNormal(loc, P, torch.full_like(loc, 1e-2))):
+        grads.append(torch.autograd.grad((d.log_prob(x) * 0.7 + d.entropy()).sum(), (loc, P)))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+    assert grads[0][1].stride() == P.stride()
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_fused_learned_diagonal_matches_dense_gradients(shared):
     # a learned D takes the fused path whitened (P / √D, r / √D): values and gradients
