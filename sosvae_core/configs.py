@@ -137,8 +137,10 @@ class Config:
     diagonal_lr_factor: float = 1.0
     seed: int = 0
     amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
+    # the speed switches (exact: float rounding apart); None leaves one to the training device:
+    # what measured faster there (DEVICE_SWITCHES), else off
+    channels_last: Optional[bool] = False
+    compile: Optional[bool] = False
     # bookkeeping
     checkpoint_every: int = 500  # steps; a checkpoint is also written at each epoch end
     fid_n: int = 50_000
@@ -198,7 +200,7 @@ REAL = {"eps": POSITIVE, "damping": NON_NEGATIVE, "multiplier_lr": NON_NEGATIVE,
         "release_warmup_epochs": NON_NEGATIVE, "diagonal_lr_factor": POSITIVE, "target_kl": NON_NEGATIVE,
         "lr_after_pretrain": POSITIVE, "pretrain_min_improvement": NON_NEGATIVE}
 MAY_BE_NONE = ("head_channels", "target_kl", "lr_after_pretrain", "pretrain_min_improvement",
-               "image_size", "target_entropy_at")
+               "image_size", "target_entropy_at", "channels_last", "compile")
 SWITCHES = ("one_sided_damping", "amp", "channels_last", "compile")
 
 
@@ -242,7 +244,7 @@ def _check_fields(cfg: "Config") -> None:
             fail(name, f"a finite number {sign}")
         setattr(cfg, name, float(v))
     for name in SWITCHES:
-        if not isinstance(getattr(cfg, name), bool):
+        if not isinstance(getattr(cfg, name), bool) and not (getattr(cfg, name) is None and name in MAY_BE_NONE):
             fail(name, "True or False")
     if isinstance(cfg.channels, list):
         cfg.channels = tuple(cfg.channels)
@@ -266,6 +268,18 @@ def _check_fields(cfg: "Config") -> None:
 # setting is found and reused with another (`runs.run_name` hashes `Config.identity()`).
 RUNTIME_FIELDS = ("amp", "channels_last", "compile", "checkpoint_every", "fid_n")
 
+# What a speed switch that a config leaves to the device (None) becomes on it: the choice measured
+# faster for the quick networks with benchmarks/bench_train.py (benchmarks/README.md). A device
+# type not listed here keeps both off until they are measured on it.
+DEVICE_SWITCHES = {"cpu": {"channels_last": True, "compile": False}}
+
+
+def device_switches(cfg: "Config", device_type: str) -> dict:
+    """{"channels_last": …, "compile": …} as a run of `cfg` uses them on a device of this type."""
+    chosen = DEVICE_SWITCHES.get(device_type, {})
+    return {name: chosen.get(name, False) if getattr(cfg, name) is None else getattr(cfg, name)
+            for name in ("channels_last", "compile")}
+
 
 # Mean-only pre-training (Section 3.3) until the mean's validation NLL levels off, at most 8
 # epochs: what P absorbs early, the mean never learns (docs/findings/pretraining.md).
@@ -277,8 +291,10 @@ PRETRAIN = dict(pretrain_epochs=8, pretrain_min_improvement=0.05)
 # The quick brain slices' ξ_H: 70 nats above the εI floor, calibrated as the paper chose its
 # targets, from the entropy of a model without a binding bound (docs/findings/brain_entropy_bound.md).
 BRAIN_QUICK_ENTROPY = (52 * 44, floor_entropy(52 * 44, 1e-5) + 70.0)
+# channels_last is left to the device: on a CPU the quick networks train 1.1-1.3× faster with it
+# (DEVICE_SWITCHES), where torch.compile measured slower and does not repay its compile time.
 QUICK_NET = dict(channels=(16, 32, 64), head_channels=64, blocks=1, latent_dim=128, lr=1e-3, fid_n=250,
-                 upsample="resize", release_warmup_epochs=1, **PRETRAIN)
+                 upsample="resize", release_warmup_epochs=1, channels_last=None, **PRETRAIN)
 # smoke: seconds on a CPU; a 10× learning rate so that P leaves its tiny init in two epochs
 SMOKE_NET = dict(channels=(8, 16), blocks=1, latent_dim=8, rank=5, lr=1e-3, fid_n=32)
 

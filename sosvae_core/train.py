@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from .configs import RUNTIME_FIELDS, Config
+from .configs import RUNTIME_FIELDS, Config, device_switches
 from .data import to_float
 from .networks import build_model
 from .observations import CapacitanceError, get_observation_model
@@ -266,7 +266,9 @@ class Trainer:
 
         seed_everything(cfg.seed)
         self.model = build_model(cfg, self.image_shape).to(self.device)
-        if cfg.channels_last:
+        # the speed switches as this device takes them (a config may leave them to it)
+        self.switches = device_switches(cfg, self.device.type)
+        if self.switches["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.multipliers = Multipliers().to(self.device)
         # parameter groups: everything else, and the variance heads that mean-only pre-training
@@ -300,7 +302,7 @@ class Trainer:
             self.objective_terms = torch.nn.parallel.DistributedDataParallel(
                 self.objective_terms, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.pretrain_epochs > 0)
-        self.forward = compiled(self.objective_terms) if cfg.compile else self.objective_terms
+        self.forward = compiled(self.objective_terms) if self.switches["compile"] else self.objective_terms
         self._tb = None  # the TensorBoard writer, opened by fit() once it holds the folder
         self._log_fields: Dict[str, Optional[List[str]]] = {}  # each log's header, once it has one
 
@@ -396,7 +398,7 @@ class Trainer:
         # the global batch, this rank's rows (as the noise in ObjectiveTerms)
         x = self.train_set.get_batch(idx, device=self.device, generator=self.flip_gen, flip=flip,
                                      shard=(self.rank, self.world))
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.switches["channels_last"] else x
 
     def terms(self, x: torch.Tensor, module=None):
         """Per-image NLL, KL (None without a latent) and entropy, and the observation model."""

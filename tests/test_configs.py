@@ -124,7 +124,8 @@ def test_quick_heads_see_64_feature_maps_as_the_papers():
     ("lr", float("inf"), "a finite number > 0"), ("channels", (), "a non-empty tuple"),
     ("channels", (8, 0), "a non-empty tuple"), ("image_size", 32, "(H, W)"),
     ("stencil", 4, "an odd whole number ≥ 3"), ("norm", "layer", "one of batch, group, none"),
-    ("model", "vae", "one of"), ("amp", 1, "True or False"), ("fid_n", 1, "a whole number ≥ 2"),
+    ("model", "vae", "one of"), ("amp", 1, "True or False"), ("amp", None, "True or False"),
+    ("compile", "yes", "True or False or None"), ("fid_n", 1, "a whole number ≥ 2"),
     ("target_kl", -1.0, "a finite number ≥ 0"), ("lr_after_pretrain", 0, "a finite number > 0"),
     ("target_entropy_at", (0, -1.0), "a pixel count > 0"), ("experiment", "a/b", "it names the run folder"),
 ])
@@ -134,6 +135,22 @@ def test_every_field_is_checked_on_creation_in_one_line(field, value, allowed):
     message = str(info.value)
     assert message.startswith(f"config field {field} must be ") and allowed in message, message
     assert repr(value) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
+def test_the_quick_profile_leaves_the_layout_to_the_device(experiment):
+    # channels-last where it measured faster (a CPU), off where nothing is measured; compile off;
+    # a run's name does not depend on them, and a setting given explicitly wins
+    from sosvae_core.configs import device_switches
+    from sosvae_core.runs import run_name
+    quick = get_config(experiment, "quick")
+    assert device_switches(quick, "cpu") == {"channels_last": True, "compile": False}
+    assert device_switches(quick, "cuda") == {"channels_last": False, "compile": False}
+    assert device_switches(quick.replace(channels_last=False), "cpu")["channels_last"] is False
+    assert device_switches(get_config(experiment, "smoke"), "cpu") == {"channels_last": False, "compile": False}
+    data = {"dataset": quick.dataset}  # any data identity: the name's hash covers it and the config
+    assert run_name(quick, data=data) == run_name(quick.replace(channels_last=False), data=data)
+    assert Config.from_dict(json.loads(quick.to_json())) == quick
 
 
 def test_numbers_take_their_fields_type_so_equal_configs_are_equal():

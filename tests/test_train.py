@@ -194,8 +194,9 @@ def test_recovers_the_covariance_subspace_of_low_rank_data(model, tmp_path, lowr
     assert worst < 10.0, worst
 
 
-def test_resume_after_interruption_gives_identical_weights(lfw, tmp_path):
-    cfg = smoke("sos", epochs=3, checkpoint_every=4)
+@pytest.mark.parametrize("channels_last", [False, None])  # None: the CPU's choice, channels-last
+def test_resume_after_interruption_gives_identical_weights(channels_last, lfw, tmp_path):
+    cfg = smoke("sos", epochs=3, checkpoint_every=4, channels_last=channels_last)
     data = dict(lfw)
     data["train"].flip = True  # exercise the flip generator too
     full = Trainer(cfg, tmp_path / "a", datasets=data, progress=False, tensorboard=False).fit()
@@ -208,6 +209,12 @@ def test_resume_after_interruption_gives_identical_weights(lfw, tmp_path):
     assert len(list(csv.reader(open(tmp_path / "a/metrics_steps.csv")))) == \
         len(list(csv.reader(open(tmp_path / "b/metrics_steps.csv"))))
     data["train"].flip = False
+
+
+def test_a_switch_left_to_the_device_takes_its_measured_choice(lfw, tmp_path):
+    tr = Trainer(smoke("sos", channels_last=None), tmp_path, datasets=lfw, progress=False, tensorboard=False)
+    assert tr.switches == {"channels_last": True, "compile": False}
+    assert tr.model.encoder.body[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("model,message", [("beta", "loss became nan"), ("sos", "the covariance broke down")])
