@@ -127,7 +127,7 @@ def plot_tradeoff(rows: List[dict], points: Dict[str, dict], title: str = ""):
     ax.set_xlabel("test bits per dimension (lower: a better likelihood)")
     ax.set_ylabel("neighbour correlation of sample − mean\n(1: coherent changes, 0: pixel noise)")
     ax.margins(0.12)
-    ax.legend(fontsize=7, loc="upper left")  # the ideal corner, a good likelihood and coherent samples, stays empty
+    ax.legend(fontsize=7, loc="lower right")  # the worst corner, a poor likelihood and pixel noise, stays empty
     ax.set_title(title, fontsize=9)
     return fig
 
