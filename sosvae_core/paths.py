@@ -12,7 +12,7 @@ The command line (`python -m sosvae_core train`), `run_all.sh` and the notebooks
 Jupyter all find their runs in the same folder, so a model trained by one is loaded by
 the others: `--runs-dir` / `runs_dir=` if given, else $SOSVAE_RUNS_DIR, else `runs/` in
 the home folder below. The cache is `--cache-dir` / $SOSVAE_CACHE_DIR, else `cache/`
-beside the runs folder.
+beside the runs folder (`cache_root`; the data layer called on its own caches only where told).
 
 The home folder is the source checkout when the package is imported from one (an editable
 install: `pyproject.toml` beside the package), else `~/.cache/sosvae`. It does not depend
@@ -78,11 +78,17 @@ def runs_root(runs_dir=None) -> Path:
     return _env(ENV_RUNS_DIR) or home() / "runs"
 
 
-def cache_root(cache_dir=None, runs_dir=None) -> Path:
-    """The cache: the argument, else $SOSVAE_CACHE_DIR, else cache/ beside the runs folder."""
-    if cache_dir is not None and str(cache_dir) != "":
+def cache_root(cache_dir=None, runs_dir=None, beside_runs: bool = True) -> Optional[Path]:
+    """The cache: the argument, else $SOSVAE_CACHE_DIR, else cache/ beside the runs folder.
+
+    `cache_dir=False` turns the cache off (None). `beside_runs=False` is the data layer's
+    default: a library call that names no cache and finds no $SOSVAE_CACHE_DIR caches nothing
+    (None), so that it never writes where it was not told to."""
+    if cache_dir is False:
+        return None
+    if cache_dir not in (None, True) and str(cache_dir) != "":
         return Path(cache_dir).expanduser()
-    return _env(ENV_CACHE_DIR) or runs_root(runs_dir).parent / "cache"
+    return _env(ENV_CACHE_DIR) or (runs_root(runs_dir).parent / "cache" if beside_runs else None)
 
 
 @contextlib.contextmanager

@@ -47,6 +47,25 @@ def test_cache_root_sits_beside_the_runs_unless_told(monkeypatch, tmp_path):
     assert paths.cache_root(runs_dir=tmp_path / "a" / "runs") == tmp_path / "env"
 
 
+def test_cache_root_is_the_one_resolver_the_data_layer_uses_too(monkeypatch, tmp_path):
+    """The app's default is cache/ beside the runs; the data layer called on its own caches only
+    where told (beside_runs=False); $SOSVAE_CACHE_DIR overrides both defaults; False turns it off."""
+    from sosvae_core.data import store
+    monkeypatch.delenv(paths.ENV_CACHE_DIR, raising=False)
+    monkeypatch.delenv(paths.ENV_RUNS_DIR, raising=False)
+    assert paths.cache_root() == paths.home() / "cache"
+    assert paths.cache_root(beside_runs=False) is None
+    assert paths.cache_root(True, beside_runs=False) is None and paths.cache_root("", beside_runs=False) is None
+    assert paths.cache_root(False) is None and paths.cache_root(False, beside_runs=False) is None
+    assert paths.cache_root("~/c", beside_runs=False) == Path.home() / "c"
+    monkeypatch.setenv(paths.ENV_CACHE_DIR, str(tmp_path / "env"))
+    assert paths.cache_root() == paths.cache_root(beside_runs=False) == paths.cache_root(True) == tmp_path / "env"
+    assert paths.cache_root(tmp_path / "arg", beside_runs=False) == tmp_path / "arg"
+    assert paths.cache_root(False) is None
+    assert store.cache_root is paths.cache_root  # no second resolver in the data layer
+    assert not hasattr(store, "resolve_cache_dir")
+
+
 def test_a_run_trained_by_the_cli_is_loaded_by_a_notebook(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(paths.ENV_RUNS_DIR, str(tmp_path / "runs"))
     monkeypatch.delenv(paths.ENV_DATA_ROOT, raising=False)

@@ -15,11 +15,11 @@ from . import sources, splits, store
 from .sources import (BRAIN_SIZE, CELEBA_SIZE, DATASETS, DEFAULT_N_IMAGES, DataError, DatasetSpec, decode_images,
                       find_dataset_dir, find_partition_file, list_image_files, output_shape, resolve_data_root)
 from .splits import ImageTensorDataset, dataset_args, load_dataset, load_splits, split_sizes, take, to_float
-from .store import pack_dataset, resolve_cache_dir
+from .store import pack_dataset
 
 __all__ = [
     "sources", "store", "splits",  # the modules (the API reference documents each)
     "BRAIN_SIZE", "CELEBA_SIZE", "DATASETS", "DEFAULT_N_IMAGES", "DataError", "DatasetSpec", "ImageTensorDataset", "dataset_args",
     "decode_images", "find_dataset_dir", "find_partition_file", "list_image_files", "load_dataset", "load_splits",
-    "output_shape", "pack_dataset", "resolve_cache_dir", "resolve_data_root", "split_sizes", "take", "to_float",
+    "output_shape", "pack_dataset", "resolve_data_root", "split_sizes", "take", "to_float",
 ]

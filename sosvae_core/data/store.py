@@ -3,8 +3,8 @@
 Cache
 -----
 With ``cache_dir`` (default ``$SOSVAE_CACHE_DIR``; no cache when neither is
-set, ``cache_dir=False`` turns it off) the decoded subset is stored as
-``<cache_dir>/<name>-<hash>.pt``, keyed by dataset name, transform
+set, ``cache_dir=False`` turns it off; `paths.cache_root` decides) the decoded
+subset is stored as ``<cache_dir>/<name>-<hash>.pt``, keyed by dataset name, transform
 description, image_size, a hash of the sorted file list (relative names and
 byte sizes), n_images and seed. It is written atomically (temp file in the
 same folder, fsync, ``os.replace``) and carries a crc32 of the pixels; an
@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 import zlib
 from pathlib import Path
 
 import torch
 
-from ..paths import ENV_CACHE_DIR, atomic_file
+from ..paths import atomic_file, cache_root
 from .sources import (DEFAULT_N_IMAGES, DataError, DatasetSpec, _bundled_images, _normalise_image_size, _short,
                       _resize_tensor_images, _spec, decode_images, find_dataset_dir, list_image_files,
                       resolve_data_root)
@@ -35,16 +34,6 @@ from .sources import (DEFAULT_N_IMAGES, DataError, DatasetSpec, _bundled_images,
 log = logging.getLogger(__name__)
 # Bump when decoding changes in a way the transform descriptions do not capture.
 CACHE_FORMAT = 1
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None = None) -> Path | None:
-    """Explicit ``cache_dir``, else ``$SOSVAE_CACHE_DIR``, else None (no cache). False disables."""
-    if cache_dir is False or cache_dir == "":
-        return None
-    if cache_dir is not None and cache_dir is not True:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(ENV_CACHE_DIR, "").strip()
-    return Path(env).expanduser() if env else None
 
 
 # --------------------------------------------------------------------------- cache
@@ -144,9 +133,9 @@ def decoded_subset(
     chosen = sorted(torch.randperm(len(files), generator=gen)[:n].tolist())
     names = [files[i][0] for i in chosen]
 
-    cache_root = resolve_cache_dir(cache_dir)
+    cache = cache_root(cache_dir, beside_runs=False)
     key = _cache_key(spec, image_size, files, n, seed)
-    cache_file = _cache_path(cache_root, spec, key) if cache_root else None
+    cache_file = _cache_path(cache, spec, key) if cache else None
     blob = _read_cache(cache_file, key) if cache_file else None
     if blob is not None:
         log.info("loaded %s from cache %s", spec.name, cache_file)
