@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .configs import EXPERIMENTS, PROFILES, experiment_names
 from .observations import REGISTRY
 
 
@@ -69,7 +70,7 @@ def cmd_train(args) -> int:
             cfg = _resumed_config(args)
         else:
             if not args.config:
-                raise ValueError("give --config NAME (celeba, celeba64_gray, brain, portraits, lfw) or --resume RUN")
+                raise ValueError(f"give --config NAME ({', '.join(EXPERIMENTS)}) or --resume RUN")
             cfg = get_config(args.config, args.profile or "quick", args.model or "sos", **_parse_overrides(args.set))
             run_dir = (Path(args.run_dir) if args.run_dir else
                        runs_root(args.runs_dir) / run_name(cfg, args.data_root))
@@ -127,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a model")
-    t.add_argument("--config", help="experiment: celeba, celeba64_gray, brain or lfw (bundled)")
-    t.add_argument("--profile", choices=["smoke", "quick", "paper"], help="default: quick")
+    # no argparse choices: an unknown name is get_config's one-line error, which lists the experiments
+    t.add_argument("--config", help=f"experiment: {experiment_names()}")
+    t.add_argument("--profile", choices=PROFILES, help="default: quick")
     t.add_argument("--model", choices=list(REGISTRY), help="default: sos")
     t.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder (--set may change epochs and "
@@ -146,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pack", help="write a config's decoded image subset as one file (a data root for remote GPUs)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
+    p.add_argument("--config", required=True, help=f"experiment: {experiment_names()}")
+    p.add_argument("--profile", default="paper", choices=PROFILES)
     p.add_argument("--data-root")
     p.add_argument("--out", required=True)
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")

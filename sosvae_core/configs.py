@@ -339,6 +339,12 @@ EXPERIMENTS = {
 }
 
 
+def experiment_names() -> str:
+    """The registered experiments in one line for a command's help, the bundled ones marked."""
+    return ", ".join(f"{name} (bundled)" if DATASETS[spec["dataset"]].bundled else name
+                     for name, spec in EXPERIMENTS.items())
+
+
 def get_config(experiment: str, profile: str = "quick", model: str = "sos", **overrides) -> Config:
     """The named config for an experiment, profile and observation model."""
     if experiment not in EXPERIMENTS:

@@ -283,11 +283,12 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     return summary
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from .configs import PROFILES, experiment_names
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    ap.add_argument("--profile", default="quick", choices=PROFILES)
     ap.add_argument("--data-root", default=os.environ.get(ENV_DATA_ROOT))
-    ap.add_argument("--dataset", help="override the notebooks' default dataset")
+    ap.add_argument("--dataset", help=f"override the notebooks' default dataset: {experiment_names()}")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="notebook numbers, e.g. 02 05")
     ap.add_argument("--output", default="outputs")
@@ -296,7 +297,11 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-dir", help=f"parent of the run folders (default: ${ENV_RUNS_DIR}, else runs/ of the checkout)")
     ap.add_argument("--param", nargs="*", metavar="KEY=VALUE",
                     help="a notebook parameter, set in each notebook that declares it, e.g. --only 13 --param k=1000")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.data_root and not Path(args.data_root).is_dir():
         print(f"error: data root {args.data_root} is not a folder; pass --data-root DIR "
               f"(the folder holding celeba/ and brain_oasis/)", file=sys.stderr)

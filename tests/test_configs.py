@@ -162,3 +162,33 @@ def test_numbers_take_their_fields_type_so_equal_configs_are_equal():
         for profile in PROFILES:
             for model in MODELS:
                 get_config(experiment, profile, model)
+
+
+def test_both_command_lines_take_their_names_from_the_registries(monkeypatch):
+    """Every registered experiment, profile and model is accepted and named in --help of
+    `python -m sosvae_core train` and of the runner; a new entry shows without touching the CLI."""
+    from sosvae_core import __main__ as cli, configs, runner
+    from sosvae_core.observations import REGISTRY
+
+    monkeypatch.setitem(configs.EXPERIMENTS, "new_experiment", dict(EXPERIMENTS["lfw"]))
+    monkeypatch.setitem(REGISTRY, "new_model", REGISTRY["sos"])
+    parser = cli.build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    train_help = " ".join(train.format_help().split())
+    run_all = runner.build_parser()
+    run_all_help = " ".join(run_all.format_help().split())
+    for name in configs.EXPERIMENTS:
+        assert name in train_help and name in run_all_help
+        assert parser.parse_args(["train", "--config", name]).config == name
+        assert parser.parse_args(["pack", "--config", name, "--out", "x"]).config == name
+        assert run_all.parse_args(["--dataset", name]).dataset == name
+    for profile in PROFILES:
+        assert parser.parse_args(["train", "--config", "lfw", "--profile", profile]).profile == profile
+        assert parser.parse_args(["pack", "--config", "lfw", "--out", "x", "--profile", profile]).profile == profile
+        assert run_all.parse_args(["--profile", profile]).profile == profile
+    for model in REGISTRY:
+        assert model in train_help
+        assert parser.parse_args(["train", "--config", "lfw", "--model", model]).model == model
+    assert "new_experiment" in train_help and "new_model" in train_help and "portraits" in train_help
+    with pytest.raises(SystemExit):
+        run_all.parse_args(["--profile", "nope"])
