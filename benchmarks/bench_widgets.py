@@ -5,7 +5,7 @@
 For each image shape, a randomly initialised, untrained `VAE(shape, 'sos')` of the
 default (paper) size: channels 64–512, 2 blocks per level, latent 128, rank 25. Each
 time is one Python callback, from the new control value (or mouse event) to the new
-PNG bytes on the Image widget (see `sosvae_core.widgets.measure_latency`); the
+PNG bytes on the Image widget (see `sosvae_core.timing.measure_latency`); the
 browser's transfer and drawing are not included. Weights do not change the cost, so
 untrained networks suffice. Runs on the CPU.
 """
@@ -16,7 +16,7 @@ import time
 import torch
 
 from sosvae_core.networks import VAE
-from sosvae_core.widgets import measure_latency
+from sosvae_core.timing import measure_latency
 
 ROWS = [
     ("component_slider", "component slider tick → PNG"),

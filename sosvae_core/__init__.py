@@ -39,11 +39,18 @@ On top of it, the paper and the apps:
 - `figures` — the paper's figures as functions; spatial coherence; the PCA comparison.
 - `editing` — editing by conditioning (eqs. 6–7): brushes, colours, the scripted edits, the component floor.
 - `table1` — Table 1 for trained runs, the paper's values beside ours, the `fid` command.
-- `timing` — the per-image costs and training-step times the notebooks report (Fig. 3, notebook 13).
+- `timing` — the per-image costs and training-step times the notebooks report (Fig. 3, notebook 13),
+  the widgets' callback latencies (notebook 10).
 - `tradeoffs` — beyond the paper: the price of the fixed ε in test likelihood, and the rank ablation (notebook 13).
 - `scorecard` — the paper's claims as numbers with pass rules fixed before the run (notebook 11).
 - `authors_figures` — claims 5 and 7's measures read off the authors' published images.
-- `widgets` — the ipywidgets panels of notebook 10.
+- `widgets` — the ipywidgets panels of notebook 10, one module per panel:
+  - `widgets.components`: the principal components of P on sliders (eq. 5, Fig. 5);
+  - `widgets.slerp_grid`: the bilinear slerp between four ω_p (eq. 8, Fig. 4);
+  - `widgets.latent`: z → mean, a sample, the variance and a clicked pixel's covariance (eq. 4);
+  - `widgets.edit`: painted strokes completed by the conditional (eqs. 6–7, Fig. 6);
+  - `widgets.base`: z → p(y | z), the controls and mouse events every panel shares;
+  - `widgets.rendering`: PNGs, the variance and covariance colour maps, the layout.
 - `notebook` — what every notebook does first.
 - `runner` — the papermill runner behind `run_all.sh`.
 - `report` — the results page `outputs/index.html`.

@@ -1,10 +1,12 @@
-"""The per-image cost the Fig. 3 notebook reports: what it times, not how fast it is."""
+"""The per-image cost the Fig. 3 notebook reports and the widgets' callback latencies: what they
+time, not how fast it is."""
 import math
 
 import torch
 
 from sosvae_core.networks import VAE
-from sosvae_core.timing import median_seconds, observation_cost
+from sosvae_core.timing import measure_latency, median_seconds, observation_cost
+from test_widgets import tiny_vae
 
 
 def test_median_seconds_warms_up_once_then_times_each_call():
@@ -32,3 +34,12 @@ def test_a_training_step_is_timed_on_a_copy_that_leaves_the_model_as_it_was():
     assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())  # BatchNorm statistics and gradients untouched
     assert training_step_seconds(DistributionOnly((1, 4, 4), rank=2), torch.rand(3, 1, 4, 4), repeats=1) > 0
+
+
+def test_measure_latency_reports_every_callback():
+    model = tiny_vae((1, 6, 5))
+    report = measure_latency(model, repeats=2)
+    for key in ("component_slider", "slerp_slider", "latent_click", "edit_stroke_up",
+                "edit_stroke_all", "edit_undo", "edit_resample", "new_z"):
+        assert report[key]["median_ms"] >= 0 and report[key]["n"] >= 1
+    assert report["image_shape"] == [1, 6, 5]

@@ -16,8 +16,7 @@ from sosvae_core.observations import DiagonalNormal, LowRankNormal
 from sosvae_core.slerp import slerp
 from sosvae_core.networks import VAE
 from sosvae_core.editing import PAPER_EDIT_SCALE, colour_to_values, stroke_mask
-from sosvae_core.widgets import (ComponentPanel, EditPanel, LatentPanel, SlerpPanel, display_array, event_xy,
-                                 measure_latency, png_bytes)
+from sosvae_core.widgets import ComponentPanel, EditPanel, LatentPanel, SlerpPanel, display_array, event_xy, png_bytes
 
 ATOL = 1e-5
 
@@ -158,7 +157,7 @@ def test_latent_panel_click_shows_the_covariance_row(shape):
           .clamp(0, 1).reshape(shape))
     z = panel.zoom
     for r, c in [(0, 0), (H - 1, W - 1), (2, 1)]:
-        panel._on_mouse_down((c + 0.5) * z, (r + 0.5) * z)  # centre of the clicked pixel
+        panel.mouse_down((c + 0.5) * z, (r + 0.5) * z)  # centre of the clicked pixel
         assert panel.pixel == (r, c)
         close(panel.current_covariance, d.covariance_row(r * W + c).reshape(shape))
     # the ipyevents message, as the browser sends it
@@ -277,10 +276,10 @@ def test_edit_mouse_stroke_is_apply_stroke():
     panel.colour.value = "#00ff00"
     z = panel.zoom
     path = [(1 * z, 1 * z), (2 * z + 3, 2 * z), (3 * z, 3.5 * z)]  # (x, y) on screen
-    panel._on_mouse_down(*path[0])
+    panel.mouse_down(*path[0])
     assert panel.strokes == []  # nothing is conditioned before mouse-up
-    panel._on_mouse_move(*path[1])
-    panel._on_mouse_up(*path[2])
+    panel.mouse_move(*path[1])
+    panel.mouse_up(*path[2])
     points = [(y / z, x / z) for x, y in path]
     mask = stroke_mask(points, 0.7, H, W).expand(C, H, W)
     k = int(mask[0].sum())
@@ -293,7 +292,7 @@ def test_edit_mouse_stroke_is_apply_stroke():
     for kind, (x, y) in zip(["mousedown", "mousemove", "mouseleave"], path):
         panel._on_dom_event({"type": kind, "dataX": x, "dataY": y})
     close(panel.current_image, expected)
-    panel._on_mouse_move(0, 0)  # moving with no button pressed paints nothing
+    panel.mouse_move(0, 0)  # moving with no button pressed paints nothing
     assert len(panel.strokes) == 1
     # a browser's event: position relative to the element's box, here shown at half size
     panel.reset()
@@ -370,12 +369,3 @@ def test_png_bytes_upscales_with_nearest_neighbour():
     a = np.array([[0, 255], [128, 64]], dtype=np.uint8)
     png = np.array(PILImage.open(io.BytesIO(png_bytes(a, 3))))
     assert np.array_equal(png, np.kron(a, np.ones((3, 3), np.uint8)))
-
-
-def test_measure_latency_reports_every_callback():
-    model = tiny_vae((1, 6, 5))
-    report = measure_latency(model, repeats=2)
-    for key in ("component_slider", "slerp_slider", "latent_click", "edit_stroke_up",
-                "edit_stroke_all", "edit_undo", "edit_resample", "new_z"):
-        assert report[key]["median_ms"] >= 0 and report[key]["n"] >= 1
-    assert report["image_shape"] == [1, 6, 5]
