@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .editing import floor_scales
-from .networks import model_device
+from .networks import model_device, prior_codes
 from .paths import write_json
 from .runs import read_metrics
 from .slerp import slerp
@@ -60,8 +60,8 @@ def record(output_dir, **metrics) -> dict:
 
 
 def prior_z(model, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, model.latent_dim, generator=g)
+    """The model's first n prior codes for `seed` (`networks.prior_codes` from a fresh generator)."""
+    return prior_codes(model.latent_dim, n, torch.Generator().manual_seed(seed))
 
 
 # -- Figs. 1–2: mean, sample, residual, variance, covariance to the centre -----------------

@@ -152,6 +152,14 @@ def make_head(kind: str, c_in: int, image_shape: Sequence[int], rank: int, eps: 
     return get_observation_model(kind).make_head(c_in, image_shape, rank=rank, eps=eps, stencil=stencil)
 
 
+def prior_codes(latent_dim: int, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """n codes z ~ p(z) = N(0, I), (n, latent_dim) float32, from `generator` (the global RNG if None).
+
+    Drawn on the CPU, so that a seed gives the same codes on every device; each call takes
+    n·latent_dim normals from the generator's stream, in order."""
+    return torch.randn(n, latent_dim, generator=generator, device="cpu")
+
+
 class VAE(nn.Module):
     """The VAE of the paper; `kind` picks the observation model, all else is shared."""
 
@@ -192,9 +200,8 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None):
-        device = model_device(self)
-        z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
-        return self.decode(z)
+        """p(x | z) for n codes z from the prior (`prior_codes`)."""
+        return self.decode(prior_codes(self.latent_dim, n, generator).to(model_device(self)))
 
 
 def build_model(cfg, image_shape) -> nn.Module:

@@ -139,3 +139,18 @@ def test_variance_during_training_draws_each_runs_log(tmp_path):
     lines = fig.axes[0].get_lines()
     assert [ln.get_label() for ln in lines] == ["a", "b"] and fig.axes[0].get_yscale() == "log"
     assert list(lines[1].get_ydata()) == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_prior_codes_are_drawn_one_way_with_each_callers_stream():
+    """figures.prior_z and VAE.sample_prior draw through networks.prior_codes: N(0, I) codes on the
+    CPU, n·latent_dim normals of the caller's generator, in order (a fresh one per seed for prior_z)."""
+    from sosvae_core.networks import prior_codes
+    m = VAE(SHAPE, "sos", channels=(8, 16), blocks=1, latent_dim=4, rank=3).eval()
+    expected = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(figures.prior_z(m, 5, 3), expected)
+    assert torch.equal(prior_codes(4, 5, torch.Generator().manual_seed(3)), expected)
+    assert prior_codes(4, 2).device.type == "cpu" and prior_codes(4, 2).dtype == torch.float32
+    ours, theirs = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        assert torch.equal(m.sample_prior(3, generator=ours).mean, m.decode(torch.randn(3, 4, generator=theirs)).mean)
+    assert torch.equal(torch.randn(2, generator=ours), torch.randn(2, generator=theirs))  # no more of the stream used
