@@ -1,4 +1,4 @@
-"""Tests for the Dorta et al. (2018) sparse-precision observation model.
+"""Tests for the Dorta et al. (2018) sparse-precision observation model and its solvers.
 
 Every reference is dense and built here, independently of the module: L by a
 loop over pixels and stencil offsets, then N(μ, Λ⁻¹) as torch's
@@ -6,10 +6,14 @@ MultivariateNormal(loc, precision_matrix=LLᵀ). All in float64 and seeded.
 """
 import math
 
+import numpy as np
 import pytest
+import scipy.linalg as sla
+import scipy.sparse as sp
 import torch
 from torch.distributions import Distribution, MultivariateNormal
 
+from sosvae_core.observations import dorta_solvers as solvers
 from sosvae_core.observations.dorta import (
     MAX_DENSE_PIXELS,
     SparsePrecisionNormal,
@@ -244,6 +248,134 @@ def test_float32_agrees_with_float64():
     torch.testing.assert_close(d32.log_prob(x.float()).double(), d64.log_prob(x), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(d32.rsample(omega_d=eps.float()).double(), d64.rsample(omega_d=eps), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(d32.variance.double(), d64.variance, rtol=1e-4, atol=1e-5)
+
+
+# -- each solver on its own, against the dense reference ----------------------------------------
+
+
+def geometry(shape, k):
+    return solvers.stencil_geometry(shape[1], shape[2], k, DT, torch.device("cpu"))
+
+
+def test_stencil_geometry_is_cached_and_its_wavefronts_cover_every_pixel_once():
+    geo = geometry((1, 5, 4), 3)
+    assert geo is geometry((2, 5, 4), 3)  # the channels share it
+    assert (geo.r, geo.n_off, geo.offsets) == (1, 4, tuple(stencil_offsets(3)))
+    for transpose in (False, True):
+        plan = geo.plans[transpose]
+        assert sorted(plan["order"].tolist()) == list(range(20))
+        assert [s for s, _ in plan["bounds"]] == [0] + [e for _, e in plan["bounds"][:-1]]
+        assert plan["bounds"][-1][1] == 20 and len(plan["bounds"]) == 2 * (5 - 1) + 4
+
+
+def test_row_strip_is_the_slice_of_the_dense_factor(case):
+    _, _, L, (_, log_diag, off, (C, H, W), k) = case
+    geo, r = geometry((C, H, W), k), k // 2
+    for h in range(H):
+        strip = solvers.row_strip(h, log_diag, off, geo)
+        assert strip.shape == (3, C, W, (r + 1) * W)
+        lo = max(h - r, 0)  # columns of rows above the image are left out
+        for c in range(C):
+            block = L[:, c * H * W:(c + 1) * H * W, c * H * W:(c + 1) * H * W]
+            torch.testing.assert_close(strip[:, c, :, (lo - h + r) * W:],
+                                       block[:, h * W:(h + 1) * W, lo * W:(h + 1) * W], rtol=0, atol=0)
+
+
+def test_dense_factor_matches_reference(case):
+    _, _, L, (_, log_diag, off, shape, k) = case
+    torch.testing.assert_close(solvers.dense_factor(log_diag, off, geometry(shape, k)), L, rtol=0, atol=0)
+
+
+def test_apply_Lt_and_gather_neighbours(case):
+    _, _, L, (_, log_diag, off, (C, H, W), k) = case
+    geo = geometry((C, H, W), k)
+    v = torch.randn(2, 3, C * H * W, dtype=DT, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(solvers.apply_Lt(v, log_diag, off, geo), (L.mT @ v.unsqueeze(-1)).squeeze(-1),
+                               rtol=1e-12, atol=1e-12)
+    got = solvers.gather_neighbours(v, C, geo)
+    assert got.shape == (2, 3, C, len(stencil_offsets(k)), H, W)
+    image = v.reshape(2, 3, C, H, W)
+    for n, (dy, dx) in enumerate(stencil_offsets(k)):
+        for h in range(H):
+            for w in range(W):
+                inside = 0 <= h + dy < H and 0 <= w + dx < W
+                want = image[..., h + dy, w + dx] if inside else torch.zeros(2, 3, C, dtype=DT)
+                assert torch.equal(got[:, :, :, n, h, w], want)
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["L", "Lt"])
+def test_wavefront_solve(case, transpose):
+    _, _, L, (_, log_diag, off, shape, k) = case
+    b = torch.randn(2, 3, L.shape[-1], dtype=DT, generator=torch.Generator().manual_seed(9))
+    M = L.mT if transpose else L
+    ref = torch.linalg.solve_triangular(M, b.unsqueeze(-1), upper=transpose).squeeze(-1)
+    got = solvers.wavefront_solve(b, log_diag, off, geometry(shape, k), transpose)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+
+
+def test_wavefront_solve_gradients():
+    shape, k = (2, 4, 3), 3
+    geo = geometry(shape, k)
+    _, log_diag, off = _params(shape, k)
+    b = torch.randn(2, 1, 24, dtype=DT, generator=torch.Generator().manual_seed(10)).requires_grad_()
+    for transpose in (False, True):
+        f = lambda ld, o, b: solvers.wavefront_solve(b, ld, o, geo, transpose)
+        assert torch.autograd.gradcheck(f, (log_diag, off, b))
+        assert torch.autograd.gradgradcheck(f, (log_diag, off, b))
+
+
+def test_selected_variance(case):
+    _, mvn, _, (_, log_diag, off, shape, k) = case
+    torch.testing.assert_close(solvers.selected_variance(log_diag, off, geometry(shape, k)), mvn.variance,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_factor_csr_and_scipy_solve_Lt(case):
+    _, _, L, (_, log_diag, off, shape, k) = case
+    geo = geometry(shape, k)
+    B, S = log_diag.shape
+    dense = solvers.factor_csr(log_diag, off, geo).toarray()
+    torch.testing.assert_close(torch.from_numpy(dense), torch.block_diag(*L), rtol=0, atol=0)
+    e = torch.randn(2, B, S, dtype=DT, generator=torch.Generator().manual_seed(11))
+    ref = torch.linalg.solve_triangular(L.mT, e.unsqueeze(-1), upper=True).squeeze(-1)
+    torch.testing.assert_close(solvers.scipy_solve_Lt(e, log_diag, off, geo), ref, rtol=0, atol=1e-10)
+
+
+def test_schur_band(case):
+    _, _, L, (loc, *_rest) = case
+    B, S = loc.shape
+    lam = L @ L.mT
+    g = torch.Generator().manual_seed(12)
+    mask = torch.rand(S, generator=g) < 0.3
+    mask[1] = True
+    values = torch.randn(B, int(mask.sum()), dtype=DT, generator=g)
+    band, rhs = solvers.schur_band(sp.coo_array(torch.block_diag(*lam).numpy()), loc, mask, values)
+    a, b = ~mask, mask
+    lam_aa, lam_ab = lam[:, a][:, :, a], lam[:, a][:, :, b]
+    m, n_a = band.shape[1] - 1, int(a.sum())
+    for i in range(B):  # back from LAPACK's upper band storage: band[m + p − q, q] = Λ_aa[p, q], p ≤ q
+        upper = sum(np.diag(band[i, m - d, d:], d) for d in range(m + 1))
+        torch.testing.assert_close(torch.from_numpy(np.triu(upper)), torch.triu(lam_aa[i]), rtol=0, atol=1e-12)
+        assert np.all(np.triu(lam_aa[i].numpy(), m + 1) == 0)  # nothing outside the band
+    assert band.shape == (B, m + 1, n_a)
+    want = (lam_ab @ (values - loc[:, b]).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(torch.from_numpy(rhs), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [0, 1, 4])
+def test_banded_variance(m):
+    g = np.random.default_rng(13)
+    n, B = 12, 2
+    dense = []
+    for _ in range(B):
+        A = np.triu(np.tril(g.standard_normal((n, n)), m), -m)
+        dense.append(A @ A.T + n * np.eye(n))  # symmetric positive definite, bandwidth ≤ 2m
+    band_m = min(2 * m, n - 1)
+    band = np.stack([np.stack([np.concatenate([np.zeros(d), np.diag(M, d)]) for d in range(band_m, -1, -1)])
+                     for M in dense])
+    chol = np.stack([sla.cholesky_banded(b, lower=False) for b in band])
+    want = np.stack([np.diag(np.linalg.inv(M)) for M in dense])
+    np.testing.assert_allclose(solvers.banded_variance(chol), want, rtol=1e-12, atol=1e-14)
 
 
 # -- gradients -------------------------------------------------------------------------------

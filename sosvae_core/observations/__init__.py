@@ -3,7 +3,8 @@
     lowrank   N(μ, PPᵀ + εI), SOS-VAE (Section 3); its Appendix A ablation; Section 4.5's
               distribution-only model
     diagonal  N(μ, diag(σ²)), the β-VAE baseline (Section 4.1)
-    dorta     N(μ, (LLᵀ)⁻¹) with a sparse Cholesky factor, Dorta et al. 2018 (Section 4.3)
+    dorta     N(μ, (LLᵀ)⁻¹) with a sparse Cholesky factor, Dorta et al. 2018 (Section 4.3);
+              its solvers (wavefront, selected inversion, banded conditioning) in dorta_solvers
     laplace   independent Laplace pixels, an L1 baseline (not in the paper)
 
 `REGISTRY` maps each config `model` name to its `ObservationModel`: the head, the label
@@ -20,7 +21,7 @@ Dorta et al.'s a `BandedPrecisionNormal` (the precision's sub-block).
 """
 from __future__ import annotations
 
-from . import base, diagonal, dorta, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
+from . import base, diagonal, dorta, dorta_solvers, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
 from .base import ObservationDistribution, ObservationModel
 from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
 from .dorta import BandedPrecisionNormal, SparsePrecisionHead, SparsePrecisionNormal
@@ -50,7 +51,7 @@ def label(name: str) -> str:
 
 
 __all__ = [
-    "base", "lowrank", "diagonal", "dorta", "laplace", "kl",  # the modules (the API reference documents each)
+    "base", "lowrank", "diagonal", "dorta", "dorta_solvers", "laplace", "kl",  # the modules (the API reference documents each)
     "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",
