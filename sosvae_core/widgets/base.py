@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import ipywidgets as widgets
 import torch
 
-from ..networks import model_device
+from ..networks import model_device, prior_codes
 from ..observations import LowRankNormal, ObservationDistribution
 from .rendering import _button, default_zoom, display_array, event_xy, png_bytes
 
@@ -84,7 +84,7 @@ class _Source:
         return 0 if self.model is None else int(getattr(self.model, "latent_dim", 0))
 
     def prior_z(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(1, self.latent_dim, generator=generator)
+        return prior_codes(self.latent_dim, 1, generator)
 
     @torch.no_grad()
     @_one_thread
