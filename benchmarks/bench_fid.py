@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from sosvae_core import fid
+from sosvae_core import fid, inception
 
 
 def timed(fn, repeats):
@@ -79,10 +79,10 @@ def frechet(args):
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     rng = np.random.default_rng(0)
-    mix = rng.standard_normal((fid.FEATURE_DIM, fid.FEATURE_DIM)) * 0.02
+    mix = rng.standard_normal((inception.FEATURE_DIM, inception.FEATURE_DIM)) * 0.02
     stats = []
     for shift in (0.0, 0.1):
-        x = np.abs(rng.standard_normal((args.frechet_n, fid.FEATURE_DIM)) @ mix + shift)
+        x = np.abs(rng.standard_normal((args.frechet_n, inception.FEATURE_DIM)) @ mix + shift)
         stats.append((x.mean(0), np.cov(x, rowvar=False)))
     with threadpoolctl.threadpool_limits(args.threads):
         with warnings.catch_warnings():

@@ -30,6 +30,7 @@ The package in two layers. The library stands alone and imports nothing from the
 - `portraits` — the bundled synthetic portraits.
 - `configs` — named experiments × profiles (smoke / quick / paper); the entropy target across sizes.
 - `fid` — offline FID (pytorch-fid's protocol) and FID∞, with cached reference statistics.
+- `inception` — FID's Inception network: its weights found offline, pytorch-fid's preprocessing, the features.
 - `kid` — the Kernel Inception Distance, unbiased at any N, on FID's features.
 - `likelihood` — test log-likelihood in bits per dimension: the importance-weighted bound on dequantised images.
 - `inpainting` — hidden pixels of held-out images scored under each model's conditional (beyond the paper).
@@ -39,7 +40,7 @@ On top of it, the paper and the apps:
 
 - `figures` — the paper's figures as functions; spatial coherence; the PCA comparison.
 - `editing` — editing by conditioning (eqs. 6–7): brushes, colours, the scripted edits, the component floor.
-- `table1` — Table 1 for trained runs, the paper's values beside ours, the `fid` command.
+- `table1` — Table 1 for trained runs: images generated from a model, their FID, the paper's values beside ours, the `fid` command.
 - `timing` — the per-image costs and training-step times the notebooks report (Fig. 3, notebook 13),
   the widgets' callback latencies (notebook 10).
 - `tradeoffs` — beyond the paper: the price of the fixed ε in test likelihood, and the rank ablation (notebook 13).

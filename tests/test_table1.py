@@ -1,11 +1,132 @@
-"""Table 1 for trained runs: the paper's values, the formatting, test codes and the fid command."""
+"""Table 1 for trained runs: images generated from a model and their FID, the paper's values, the
+formatting, test codes and the fid command."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.distributions as D
 
-from sosvae_core import table1
+from sosvae_core import fid, kid, table1
+
+
+@pytest.fixture(scope="module")
+def extractor() -> fid.FeatureExtractor:
+    # Explicit empty hub dir: the tests must not depend on the user's cache.
+    return fid.load_feature_extractor(hub_dir="/nonexistent-hub-dir")
+
+
+class FakeSOSModel(torch.nn.Module):
+    """Tiny stand-in for the VAE: decode(z) -> p(x|z) over flattened pixels.
+
+    Like the SOS-VAE decoder, p(x|z) is a Gaussian with a low-rank-plus-
+    diagonal covariance, so .sample() differs from .mean by correlated noise.
+    """
+
+    def __init__(self, latent_dim: int = 4, image_shape: tuple[int, int, int] = (1, 28, 28), rank: int = 2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_shape = image_shape
+        d = int(np.prod(image_shape))
+        self.to_mean = torch.nn.Linear(latent_dim, d)
+        self.to_factor = torch.nn.Linear(latent_dim, d * rank)
+        self.rank = rank
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def decode(self, z: torch.Tensor) -> D.Distribution:
+        mean = torch.sigmoid(self.to_mean(z))
+        factor = 0.05 * torch.tanh(self.to_factor(z)).reshape(z.shape[0], -1, self.rank)
+        diag = torch.full_like(mean, 0.01**2)
+        return D.LowRankMultivariateNormal(mean, factor, diag)
+
+
+
+@pytest.mark.slow
+def test_self_fid_is_zero_and_fid_grows_with_noise(extractor, tmp_path):
+    model = FakeSOSModel()
+    n = 16
+    ref = fid.reference_statistics(
+        {"data": "fake model means", "seed": 0},
+        lambda: table1.generate_images(model, n, "means", batch_size=n, seed=0),
+        extractor,
+        tmp_path,
+        n=n,
+        progress=False,
+    )
+    assert ref[2] == n
+
+    # Same model, same seed: the very same images, so FID ~ 0.
+    result = table1.fid_of_model(model, ref, n, "means", extractor, batch_size=n, seed=0, progress=False)
+    assert result["n"] == n and result["n_reference"] == n and result["what"] == "means"
+    assert result["backend"] == extractor.backend and result["weights_sha256"] == extractor.weights_sha256
+    scale = np.trace(ref[1])  # rounding error is relative to the covariance size
+    assert abs(result["fid"]) < 1e-6 * scale + 1e-3
+
+    clean = torch.cat(list(table1.generate_images(model, n, "means", batch_size=n, seed=0))).float() / 255
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(clean.shape, generator=g)
+    fids, kids = [abs(result["fid"])], [result["kid"]]
+    assert ref[3].shape == (n, 2048) and result["kid_std"] >= 0 and result["kid_subsets"] == "100 × 8"
+    for level in (0.05, 0.2):
+        act = fid.activations([clean + level * noise], extractor, progress=False)
+        fids.append(fid.frechet_distance(act.mean(0), np.cov(act, rowvar=False), ref[0], ref[1]))
+        kids.append(kid.kernel_inception_distance(act, ref[3], seed=0)["kid"])
+    assert fids[0] < fids[1] < fids[2], fids
+    assert kids[0] < kids[1] < kids[2], kids
+
+
+# ---------------------------------------------------------------------------
+# Generation from a model
+# ---------------------------------------------------------------------------
+
+
+def test_generate_images_seeded_means_and_samples():
+    model = FakeSOSModel()
+    model.train()
+
+    def images(what: str, seed: int) -> torch.Tensor:
+        return torch.cat(list(table1.generate_images(model, 10, what, batch_size=4, seed=seed)))
+
+    torch.manual_seed(99)
+    global_state = torch.get_rng_state()
+    means = images("means", 0)
+    samples = images("samples", 0)
+    assert torch.equal(torch.get_rng_state(), global_state)  # caller's RNG untouched
+    assert model.training  # mode restored
+
+    for x in (means, samples):
+        assert x.dtype == torch.uint8 and x.shape == (10, 1, 28, 28)
+    assert torch.equal(means, images("means", 0))
+    assert torch.equal(samples, images("samples", 0))
+    assert not torch.equal(means, images("means", 1))
+    assert not torch.equal(samples, means)
+    # a sample is its mean plus small, correlated noise
+    assert (samples.float() - means.float()).abs().mean() < 0.1 * 255
+
+    batches = list(table1.generate_images(model, 10, "means", batch_size=4))
+    assert [b.shape[0] for b in batches] == [4, 4, 2]
+    with pytest.raises(ValueError):
+        next(table1.generate_images(model, 1, "modes"))
+
+
+def test_generate_images_from_given_codes():
+    """codes replace the prior's draws, in order; a wrong shape is a one-line error."""
+    model = FakeSOSModel()
+    codes = torch.randn(7, model.latent_dim, generator=torch.Generator().manual_seed(5))
+    means = torch.cat(list(table1.generate_images(model, 6, "means", batch_size=4, codes=codes)))
+    with torch.no_grad():
+        expected = fid.to_uint8(model.decode(codes[:6]).mean.reshape(6, *model.image_shape))
+    assert torch.equal(means, expected)
+    assert not torch.equal(means, torch.cat(list(table1.generate_images(model, 6, "means", batch_size=4))))
+    samples = torch.cat(list(table1.generate_images(model, 6, "samples", batch_size=4, codes=codes)))
+    assert torch.equal(samples, torch.cat(list(table1.generate_images(model, 6, "samples", batch_size=4, codes=codes))))
+    assert not torch.equal(samples, means)
+    for bad in (codes[:5], codes[:, :3], codes[0]):
+        with pytest.raises(ValueError, match="codes must have shape"):
+            next(table1.generate_images(model, 6, "means", codes=bad))
 
 
 def test_posterior_codes_needs_an_encoder():
