@@ -47,27 +47,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-# the extractor's names are part of this module's interface: fid.load_feature_extractor(), ...
-from .inception import (PROTOCOL, FeatureExtractor, FIDWeightsNotFound, as_uint8, default_batch_size, file_sha256,
-                        find_inception_weights, load_feature_extractor, preprocess, to_uint8)
+# the extractor's home is inception; fid.load_feature_extractor() and the others work as before
+from .inception import (PROTOCOL, FeatureExtractor, FIDWeightsNotFound, as_uint8, default_batch_size,  # noqa: F401
+                        file_sha256, find_inception_weights, load_feature_extractor, preprocess, to_uint8)
 from .paths import atomic_file
 
-__all__ = [
-    "FIDWeightsNotFound",
-    "FeatureExtractor",
-    "file_sha256",
-    "find_inception_weights",
-    "load_feature_extractor",
-    "default_batch_size",
-    "to_uint8",
-    "preprocess",
-    "activations",
-    "activation_statistics",
-    "frechet_distance",
-    "fid_infinity",
-    "reference_cache_path",
-    "reference_statistics",
-]
+__all__ = ["activations", "activation_statistics", "frechet_distance", "fid_infinity", "reference_cache_path",
+           "reference_statistics"]
 
 
 # ---------------------------------------------------------------------------
