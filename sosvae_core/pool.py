@@ -12,6 +12,7 @@ are already finished are only loaded later; the longest runs start first.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -20,7 +21,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from .configs import Config, get_config
 from .observations import get_observation_model
@@ -60,6 +61,22 @@ def threads_per_job(jobs: int) -> int:
 def thread_environment(jobs: int) -> dict:
     """The environment variables that give a process started now its share of the cores."""
     return dict.fromkeys(THREAD_VARIABLES, str(threads_per_job(jobs)))
+
+
+@contextlib.contextmanager
+def scoped_environment(values: dict) -> Iterator[None]:
+    """`os.environ` with `values` set inside the `with` block (for the processes started there) and
+    as it was after it, also when the block raises: a variable that was unset is unset again."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _discard(log) -> None:

@@ -177,6 +177,60 @@ def _write_summary(output: Path, summary: dict) -> None:
     build_index(output)
 
 
+def _checked_params(books, params: dict) -> dict:
+    """{notebook: the parameters its parameters cell declares}; a parameter that none of `books`
+    declares is refused in one line."""
+    declared = {book: declared_parameters(book) for book in books}
+    unknown = sorted(set(params) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(f"no notebook among those run takes the parameter(s) {unknown}; see the parameters cell "
+                         f"of the notebook you mean (e.g. --only 13 --param k=1000)")
+    return declared
+
+
+def _side_by_side(books, execute, jobs: int) -> None:
+    """Execute `books` `jobs` at a time, the START_FIRST ones first, each kernel with its share of
+    the cores (the environment is restored afterwards); the first failure, in notebook order, is
+    raised. SIGTERM or Ctrl-C leaves without waiting for the notebooks still running."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from .pool import scoped_environment, thread_environment
+    books = sorted(books, key=lambda b: (START_FIRST.index(b.name[:2]) if b.name[:2] in START_FIRST
+                                         else len(START_FIRST), b.name))
+    # each kernel inherits its share of the cores
+    with scoped_environment(thread_environment(jobs) if jobs > 1 else {}):
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        stopping = False
+        try:
+            futures = [pool.submit(execute, b) for b in books]
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in futures:  # the first failure, in notebook order
+                if f.done() and not f.cancelled() and f.exception():
+                    raise f.exception()
+        except (Stopped, KeyboardInterrupt):
+            stopping = True
+            raise
+        finally:
+            pool.shutdown(wait=not stopping, cancel_futures=True)
+
+
+def _report_scorecard(output: Path, summary: dict, profile: str) -> None:
+    """Notebook 11's scorecard, if it ran: copied to <output>/scorecard.json, printed, summarised."""
+    card = output / "11_claims_scorecard" / "scorecard.json"
+    if not card.exists():
+        return
+    from .scorecard import format_scorecard
+    text = card.read_text()
+    write_text(output / "scorecard.json", text)
+    data = json.loads(text)
+    print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
+    print(format_scorecard(data["claims"]), flush=True)
+    summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
+    _write_summary(output, summary)
+
+
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,
             output="outputs", dataset=None, seed: int = 0, runs_dir=None, jobs: Optional[int] = None,
             params: Optional[dict] = None) -> dict:
@@ -189,20 +243,14 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     notebooks run `jobs` at a time, each kernel with its share of the cores, and
     notebook 11 (the scorecard, which reads the others' results) last. `params` sets more
     parameters, each in the notebooks whose parameters cell declares it."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
     from .notebook import context
-    from .pool import THREAD_VARIABLES, default_jobs, parse_jobs, thread_environment, train_all
+    from .pool import default_jobs, parse_jobs, train_all
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     runs = runs_root(runs_dir).resolve()
     books = list_notebooks(only)
     params = params or {}
-    declared = {book: declared_parameters(book) for book in books}
-    unknown = sorted(set(params) - set().union(*declared.values()))
-    if unknown:
-        raise ValueError(f"no notebook among those run takes the parameter(s) {unknown}; see the parameters cell "
-                         f"of the notebook you mean (e.g. --only 13 --param k=1000)")
+    declared = _checked_params(books, params)
     jobs = parse_jobs(jobs) if jobs is not None else default_jobs(device)
     parameters = {"profile": profile, "data_root": str(data_root) if data_root else None, "device": device,
                   "runs_dir": str(runs), "seed": seed}
@@ -236,45 +284,11 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
             summary["trained_now"] = trained
             if trained:
                 print(f"    trained {len(trained)} run(s) in {summary['training_wall_time_s']:.0f} s", flush=True)
-        side_by_side = [b for b in books if b.name[:2] not in RUN_LAST]
-        side_by_side.sort(key=lambda b: (START_FIRST.index(b.name[:2]) if b.name[:2] in START_FIRST
-                                          else len(START_FIRST), b.name))
-        saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
-        if jobs > 1:  # each kernel inherits its share of the cores
-            os.environ.update(thread_environment(jobs))
-        pool = ThreadPoolExecutor(max_workers=jobs)
-        stopping = False  # SIGTERM or Ctrl-C: leave without waiting for the notebooks still running
-        try:
-            futures = [pool.submit(execute, b) for b in side_by_side]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in futures:  # the first failure, in notebook order
-                if f.done() and not f.cancelled() and f.exception():
-                    raise f.exception()
-        except (Stopped, KeyboardInterrupt):
-            stopping = True
-            raise
-        finally:
-            pool.shutdown(wait=not stopping, cancel_futures=True)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        _side_by_side([b for b in books if b.name[:2] not in RUN_LAST], execute, jobs)
         for book in books:
             if book.name[:2] in RUN_LAST:
                 execute(book)
-        card = output / "11_claims_scorecard" / "scorecard.json"
-        if card.exists():
-            from .scorecard import format_scorecard
-            text = card.read_text()
-            write_text(output / "scorecard.json", text)
-            data = json.loads(text)
-            print(f"\nClaims scorecard (profile {profile}, dataset {data.get('dataset')}):", flush=True)
-            print(format_scorecard(data["claims"]), flush=True)
-            summary["scorecard"] = {"passed": data["passed"], "measured": data["measured"]}
-            _write_summary(output, summary)
+        _report_scorecard(output, summary, profile)
     finally:  # the results page, also of a run that stopped early (what it has so far)
         with lock:
             _write_summary(output, summary)

@@ -96,3 +96,48 @@ def test_a_param_reaches_only_the_notebooks_that_declare_it(tmp_path):
     with pytest.raises(ValueError, match=r"no notebook among those run takes the parameter\(s\) \['k'\]"):
         run_all("smoke", only=["00"], output=tmp_path, runs_dir=tmp_path / "runs", params={"k": 5})
     assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_the_notebooks_share_the_cores_only_while_they_run(tmp_path, monkeypatch):
+    """--jobs N: each kernel started inside run_all inherits its share of the cores through the
+    thread variables; afterwards os.environ is as it was (a variable that was unset is unset again),
+    also when a notebook fails."""
+    from sosvae_core import pool
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: 4)
+    seen, failing = [], []
+
+    def fake_run_notebook(path, output, parameters, stream=None, prefix=""):
+        seen.append({k: pool.os.environ.get(k) for k in pool.THREAD_VARIABLES})
+        if path.name[:2] in failing:
+            raise runner.NotebookFailed(f"{path.name} failed")
+        return {"notebook": path.name, "wall_time_s": 0.0, "metrics": {}, "figures": []}
+
+    def unchanged():
+        return pool.os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in pool.os.environ
+
+    monkeypatch.setattr(runner, "run_notebook", fake_run_notebook)
+    run = dict(only=["00", "02"], output=tmp_path / "out", runs_dir=tmp_path / "runs", jobs=2)
+    runner.run_all("smoke", **run)
+    assert seen == [{"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}] * 2 and unchanged()
+    failing.append("02")
+    with pytest.raises(runner.NotebookFailed):
+        runner.run_all("smoke", **run)
+    assert unchanged()
+    failing.clear()
+    runner.run_all("smoke", **dict(run, jobs=1))  # one at a time: the environment as it is
+    assert seen[-2:] == [{"OMP_NUM_THREADS": "7", "MKL_NUM_THREADS": None}] * 2 and unchanged()
+
+
+def test_scoped_environment_restores_set_and_unset_variables(monkeypatch):
+    import os
+
+    from sosvae_core.pool import scoped_environment
+    monkeypatch.setenv("SOSVAE_TEST_SET", "before")
+    monkeypatch.delenv("SOSVAE_TEST_UNSET", raising=False)
+    with pytest.raises(RuntimeError):
+        with scoped_environment({"SOSVAE_TEST_SET": "inside", "SOSVAE_TEST_UNSET": "inside"}):
+            assert os.environ["SOSVAE_TEST_SET"] == os.environ["SOSVAE_TEST_UNSET"] == "inside"
+            raise RuntimeError
+    assert os.environ["SOSVAE_TEST_SET"] == "before" and "SOSVAE_TEST_UNSET" not in os.environ
