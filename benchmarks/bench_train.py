@@ -99,7 +99,7 @@ def measure(job: dict) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr * job["batch_mult"])
     constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(shape), cfg.damping,
                                    cfg.multiplier_lr, cfg.one_sided_damping)
-    terms = ObjectiveTerms(model, cfg.model, amp=job["amp"], distribution=False)  # as the Trainer's step
+    terms = ObjectiveTerms(model, cfg.model, amp=job["amp"])  # as the Trainer's step
     forward = compiled(terms) if job["compile"] else terms
 
     def sync():

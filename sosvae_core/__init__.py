@@ -21,6 +21,7 @@ The package in two layers. The library stands alone and imports nothing from the
 - `networks` — the ResNet encoder and decoder for any C×H×W; the VAE takes its head from the registry.
 - `objective` — the constrained ELBO: KL ≤ ξ_KL, H ≤ ξ_H, the modified differential method of multipliers.
 - `train` — the `Trainer`: mean-only pre-training, exact resume, checkpoints, a NaN detector, DDP.
+- `metrics_log` — a run's metrics logs (whole rows only, cut back on resume) and its TensorBoard events.
 - `runs` — run folders: `run_name`, `get_or_train` (train once, then load), `load_run`, `read_metrics`.
 - `pool` — several runs trained at once on a CPU, each in a process of its own.
 - `data` — CelebA, 64×64 gray CelebA, brain slices, the bundled portraits and LFW faces:

@@ -129,11 +129,11 @@ class Config:
     # drifts there at a speed that grows with the learning rate (train.Trainer.evaluate).
     lr_after_pretrain: Optional[float] = None
     # after pre-training, the variance heads' learning rate ramps linearly from lr/W to lr over
-    # W = this many epochs of steps (0: released at full rate, as the paper; Trainer._set_learning_rates)
+    # W = this many epochs of steps (0: released at full rate, as the paper; Trainer._learning_rate)
     release_warmup_epochs: float = 0.0
     # the learning rate of the per-pixel variance heads on a log scale (the β-VAE's variance, the
     # ablation's learned D, Dorta et al.'s log L_ii) is this multiple of the network's (1: as the
-    # paper); they start at ε and must travel ~8 nats of log-variance (Trainer._set_learning_rates)
+    # paper); they start at ε and must travel ~8 nats of log-variance (Trainer._learning_rate)
     diagonal_lr_factor: float = 1.0
     seed: int = 0
     amp: bool = False

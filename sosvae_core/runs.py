@@ -26,7 +26,8 @@ from .data import DATASETS, find_dataset_dir, list_image_files, resolve_data_roo
 from .data import DataError
 from .networks import build_model
 from .paths import DamagedFile, first_line, runs_root
-from .train import Trainer, config_differences, read_checkpoint, read_config, read_log, select_device
+from .metrics_log import read_log
+from .train import Trainer, config_differences, read_checkpoint, read_config, select_device
 
 
 def data_identity(cfg: Config, data_root=None) -> dict:

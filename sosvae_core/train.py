@@ -15,8 +15,12 @@ was never interrupted. The metrics logs grow by one whole row per write and are
 flushed to disk before each checkpoint; a run that starts cuts them back to the state it
 continues from (the checkpoint's step, or nothing), dropping the rows an interrupted
 process logged after its last checkpoint and a row cut short, so a step is never
-logged twice and the logs equal those of an uninterrupted run. Only `epochs` and the
+logged twice and the logs equal those of an uninterrupted run (`metrics_log`). Only `epochs` and the
 runtime-only fields (RESUMABLE_FIELDS) may differ from the folder's config.
+
+The learning rates are a LambdaLR schedule, one lambda per parameter group
+(`Trainer._learning_rate`): a function of the step and of the step that released the
+variance heads, both in the checkpoint, so a resumed run recomputes them from its step.
 
 Distributed: under `torchrun`, ranks share the data with a DistributedSampler,
 rank 0 writes checkpoints and logs, and the constraint violations are all-reduced
@@ -31,30 +35,31 @@ rank's shard on its own (use norm='group', or SyncBatchNorm on CUDA).
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
+import functools
 import json
 import math
-import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
+
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .configs import RUNTIME_FIELDS, Config, device_switches
 from .data import to_float
+from .metrics_log import MetricsLog
 from .networks import build_model
 from .observations import CapacitanceError, get_observation_model
 from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
-from .paths import (DamagedFile, atomic_file, first_line, folder_lock, os_error_message, read_json, write_json,
-                    write_text)
+from .paths import DamagedFile, atomic_file, first_line, folder_lock, os_error_message, read_json, write_json, write_text
 
 PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
@@ -103,44 +108,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
-def read_log(path) -> Tuple[List[str], List[Dict[str, str]]]:
-    """A metrics log's header and its whole rows, as text. A row that a crash or a full disk cut
-    short (no line end, too few fields, a number cut mid-way) is left out."""
-    with open(path, newline="", encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
-    table = list(csv.reader(lines))
-    header, rows = (table[0], table[1:]) if table else ([], [])
-
-    def whole(values) -> bool:  # every field there, each a number
-        if len(values) != len(header):
-            return False
-        try:
-            [float(v) for v in values]
-        except ValueError:
-            return False
-        return True
-    return header, [dict(zip(header, values)) for values in rows if whole(values)]
-
-
 def _describe(data: dict) -> str:
     files = f" of {data['files']:,} images" if data.get("files") is not None else ""
     return f"{data.get('dataset')}: {data.get('source')}{files}, fingerprint {data.get('fingerprint')}"
-
-
-def _append(path: Path, text: str) -> None:
-    # one write of whole lines: killed part-way, it leaves a row read_log drops
-    with path.open("a", newline="", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -193,26 +163,26 @@ def mean_variance(obs) -> torch.Tensor:
 
 
 class ObjectiveTerms(torch.nn.Module):
-    """x → (NLL, KL, entropy) per image, and the observation model, or with
-    `distribution=False` its mean per-pixel variance (`mean_variance`) instead.
+    """x → (NLL, KL, entropy) per image, and the mean per-pixel variance (`mean_variance`),
+    or with `distribution=True` the observation model itself instead.
 
     A module of its own so that DistributedDataParallel sees tensor outputs; a training
     step takes the variance, so that a compiled step returns tensors only (the
-    distribution's views of the heads' outputs cannot leave a compiled graph). The
+    distribution's views of the heads' outputs cannot leave a compiled graph); evaluation
+    reads the distribution (its mean). The
     networks may run under bf16 autocast; the likelihood always runs in float32.
     Under data parallelism every rank draws the posterior noise of the whole global
     batch and keeps its own rows (rank, rank + world, ...: the rows the sampler gave
     it), so that each image gets the z that one process would have drawn for it.
     """
 
-    def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False,
-                 rank: int = 0, world: int = 1, distribution: bool = True):
+    def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False, rank: int = 0, world: int = 1):
         super().__init__()
-        self.model, self.kind, self.amp, self.distribution = model, kind, amp, distribution
+        self.model, self.kind, self.amp = model, kind, amp
         self.latent = get_observation_model(kind).latent
         self.rank, self.world = rank, world
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, distribution: bool = False):
         if not self.latent:  # a model that is its own distribution: no encoder, no KL
             obs, kl = self.model.distribution(x.shape[0]), None
         else:
@@ -225,7 +195,7 @@ class ObjectiveTerms(torch.nn.Module):
                 obs = self.model.decode(q.loc + noise * q.scale)  # = q.rsample() when world = 1
             kl = standard_normal_kl(q).float()
         nll, entropy = -obs.log_prob(x.flatten(1).float()), obs.entropy()
-        return nll, kl, entropy, obs if self.distribution else mean_variance(obs)
+        return nll, kl, entropy, obs if distribution else mean_variance(obs)
 
 
 def compiled(module: torch.nn.Module) -> torch.nn.Module:
@@ -247,64 +217,124 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.tensorboard = tensorboard
+        self._build_processes(device)
+        self._build_data(datasets, data_root, cache_dir, data_identity)
+        self._build_model()
+        self._reset_progress()
+        self._build_optimizer()
+        self._build_objective()
+        self.logs = MetricsLog(self.run_dir, enabled=self.is_main, tensorboard=tensorboard)
+
+    # -- construction ----------------------------------------------------------------
+
+    def _build_processes(self, device: str) -> None:
+        """This process's place under `torchrun` (rank 0 of 1 without it) and its device."""
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
         self.device = select_device(device)
+
+    def _build_data(self, datasets: Optional[Dict], data_root, cache_dir, data_identity: Optional[dict]) -> None:
+        """The splits (loaded from the config unless given), their identity, and the sampler that
+        strides each epoch's one shared permutation over the processes."""
         if datasets is None:
             from .data import dataset_args, load_splits
             if data_identity is None:
                 from .runs import data_identity as identify
-                data_identity = identify(cfg, data_root)
-            datasets = load_splits(**dataset_args(cfg), data_root=data_root, cache_dir=cache_dir)
+                data_identity = identify(self.cfg, data_root)
+            datasets = load_splits(**dataset_args(self.cfg), data_root=data_root, cache_dir=cache_dir)
         self.data_identity = data_identity
         self.train_set, self.val_set = datasets["train"], datasets.get("val")
         self.image_shape = tuple(self.train_set.images.shape[1:])
         self.flip = bool(getattr(self.train_set, "flip", False))
+        self.flip_gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the flips' own stream: exact resume
+        self.sampler = DistributedSampler(range(len(self.train_set.images)), num_replicas=self.world,
+                                          rank=self.rank, shuffle=True, seed=self.cfg.seed, drop_last=True)
 
-        seed_everything(cfg.seed)
-        self.model = build_model(cfg, self.image_shape).to(self.device)
-        # the speed switches as this device takes them (a config may leave them to it)
-        self.switches = device_switches(cfg, self.device.type)
+    def _build_model(self) -> None:
+        """The model, its initial weights from the seed, and the speed switches as this device
+        takes them (a config may leave them to it): channels-last here, compile in `_build_objective`."""
+        seed_everything(self.cfg.seed)
+        self.model = build_model(self.cfg, self.image_shape).to(self.device)
+        self.switches = device_switches(self.cfg, self.device.type)
         if self.switches["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.multipliers = Multipliers().to(self.device)
-        # parameter groups: everything else, and the variance heads that mean-only pre-training
-        # freezes (their learning rate ramps up after release: _set_learning_rates); with a
-        # diagonal_lr_factor, the log-scale diagonal heads in a group of their own
-        released = list(self.model.variance_parameters())
-        diagonal = list(self.model.diagonal_parameters()) if cfg.diagonal_lr_factor != 1 else []
-        released_ids, diagonal_ids = {id(p) for p in released}, {id(p) for p in diagonal}
-        roles = {"network": [p for p in self.model.parameters() if id(p) not in released_ids],
-                 "released": [p for p in released if id(p) not in diagonal_ids], "diagonal": diagonal}
-        self.group_roles = [role for role, params in roles.items() if params]
-        self.optimizer = torch.optim.Adam([{"params": roles[r]} for r in self.group_roles], lr=cfg.lr)
-        self.constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(self.image_shape),
-                                            cfg.damping, cfg.multiplier_lr, cfg.one_sided_damping)
-        self.amp = cfg.amp and self.device.type == "cuda"
-        self.flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def _reset_progress(self) -> None:
         self.epoch = self.step = self.step_in_epoch = 0
         self.pretrain_done = False  # set when the mean's validation NLL has levelled off
         self.pretrain_val_nll: Optional[list] = None  # validation NLL after each pre-training epoch
         self.release_step: Optional[int] = None  # the first step that trains the variance heads
+        self.steps_per_epoch: Optional[int] = None  # set by fit(), once the batches are checked
         self.wall_time = 0.0
-        # evaluation reads the distribution (its mean); a training step, its mean variance
-        self.plain_terms = ObjectiveTerms(self.model, cfg.model, self.amp, self.rank, self.world)
-        self.objective_terms = ObjectiveTerms(self.model, cfg.model, self.amp, self.rank, self.world,
-                                              distribution=False)
-        if self.distributed:
-            if not get_observation_model(cfg.model).latent:
-                raise ValueError(f"the {cfg.model} model has no network to parallelise; "
-                                 f"train it in one process")
-            # frozen variance heads during mean-only pre-training are 'unused' parameters
-            self.objective_terms = torch.nn.parallel.DistributedDataParallel(
-                self.objective_terms, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.pretrain_epochs > 0)
-        self.forward = compiled(self.objective_terms) if self.switches["compile"] else self.objective_terms
-        self._tb = None  # the TensorBoard writer, opened by fit() once it holds the folder
-        self._log_fields: Dict[str, Optional[List[str]]] = {}  # each log's header, once it has one
+
+    def _build_optimizer(self) -> None:
+        """Adam over parameter groups by role: everything else ("network"), the variance heads
+        that mean-only pre-training freezes ("released"), and with a diagonal_lr_factor the
+        log-scale diagonal heads ("diagonal"); a LambdaLR schedule sets their rates."""
+        released = list(self.model.variance_parameters())
+        diagonal = list(self.model.diagonal_parameters()) if self.cfg.diagonal_lr_factor != 1 else []
+        released_ids, diagonal_ids = {id(p) for p in released}, {id(p) for p in diagonal}
+        roles = {"network": [p for p in self.model.parameters() if id(p) not in released_ids],
+                 "released": [p for p in released if id(p) not in diagonal_ids], "diagonal": diagonal}
+        self.group_roles = [role for role, params in roles.items() if params]
+        # a base rate of 1: LambdaLR multiplies it by each lambda, which so gives the rate itself, to the bit
+        self.optimizer = torch.optim.Adam([{"params": roles[r]} for r in self.group_roles], lr=1.0)
+        self.schedule = LambdaLR(self.optimizer, [functools.partial(self._learning_rate, r) for r in self.group_roles])
+
+    def _build_objective(self) -> None:
+        """The constrained objective (`objective`, evaluation's) and what a training step calls:
+        the same under DistributedDataParallel across processes, compiled with `compile`."""
+        cfg = self.cfg
+        self.multipliers = Multipliers().to(self.device)
+        self.constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(self.image_shape),
+                                            cfg.damping, cfg.multiplier_lr, cfg.one_sided_damping)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.objective = ObjectiveTerms(self.model, cfg.model, self.amp, self.rank, self.world)
+        step_objective = self._parallel(self.objective) if self.distributed else self.objective
+        self._step_objective = compiled(step_objective) if self.switches["compile"] else step_objective
+
+    def _parallel(self, objective: ObjectiveTerms) -> torch.nn.Module:
+        if not objective.latent:
+            raise ValueError(f"the {self.cfg.model} model has no network to parallelise; train it in one process")
+        # frozen variance heads during mean-only pre-training are 'unused' parameters
+        return torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.cfg.pretrain_epochs > 0)
+
+    # -- the learning rates --------------------------------------------------------------
+
+    def _learning_rate(self, role: str, n: int) -> float:
+        """The rate of group `role` in the n-th step (counted from 1; n = 0, before any, is
+        pre-training's): lr, or lr_after_pretrain once pre-training has ended; for the released
+        variance heads it ramps linearly over the first `release_warmup_epochs`.
+        Adam's first update of a parameter is ±lr whatever its gradient, so a head released
+        at full rate moves all R components by the same step, in the sign pattern of one
+        gradient: a single component over the whole image that the likelihood, whose pull on
+        a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py).
+        The log-scale diagonal heads (β-VAE variance, learned D, Dorta's log L_ii) run at
+        `diagonal_lr_factor` × that rate when it is set: each step moves their log-variance by
+        at most ~lr per input feature, and they start at ε, ~8 nats below a fitted variance."""
+        cfg = self.cfg
+        pretrain = self.release_step is None or n <= self.release_step
+        base = cfg.lr if pretrain or cfg.lr_after_pretrain is None else cfg.lr_after_pretrain
+        factor = 1.0
+        if not pretrain:
+            ramp = cfg.release_warmup_epochs * self.steps_per_epoch
+            if ramp > 0:
+                factor = min(1.0, (n - self.release_step) / ramp)
+        scale = {"network": 1.0, "released": factor, "diagonal": factor * cfg.diagonal_lr_factor}
+        return base * scale[role]
+
+    def _set_learning_rates(self, pretrain: bool) -> None:
+        """Step the schedule to the coming step's rates. It steps before the optimiser: a step's
+        rates are known once its epoch has begun (the release), and a stopped run shows them."""
+        if not pretrain and self.release_step is None:
+            self.release_step = self.step
+        with warnings.catch_warnings():  # torch's warning for the order above
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+            self.schedule.step()
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -324,9 +354,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.is_main:
-            for kind in ("steps", "epochs"):  # the logged rows reach the disk before the state that follows them
-                if self._log_path(kind).exists():
-                    _sync(self._log_path(kind))
+            self.logs.sync()  # the logged rows reach the disk before the state that follows them
             with atomic_file(self.checkpoint_path) as f:
                 torch.save(self.state_dict(), f)
         if self.distributed:  # no rank runs ahead of (or reads) a checkpoint still being written
@@ -338,6 +366,20 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         state = read_checkpoint(self.checkpoint_path, self.device)
+        self._check_checkpoint(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.multipliers.load_state_dict(state["multipliers"])
+        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.wall_time = state["wall_time"]
+        self.pretrain_done = state.get("pretrain_done", False)
+        self.pretrain_val_nll = state.get("pretrain_val_nll")
+        self.release_step = state.get("release_step")
+        self.schedule.last_epoch = self.step  # the schedule's position is the step (older checkpoints too)
+        _set_rng_state(state["rng"], self.flip_gen, self.device)
+        return True
+
+    def _check_checkpoint(self, state: dict) -> None:
         try:
             saved = Config.from_dict(state["config"])
         except (TypeError, ValueError) as err:
@@ -352,37 +394,6 @@ class Trainer:
             raise ValueError(f"the run in {self.run_dir} was trained on other data ({_describe(known[0])}) "
                              f"than these ({_describe(known[1])}); resume it with the --data-root it was "
                              f"trained on, or train a new run")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.multipliers.load_state_dict(state["multipliers"])
-        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
-        self.wall_time = state["wall_time"]
-        self.pretrain_done = state.get("pretrain_done", False)
-        self.pretrain_val_nll = state.get("pretrain_val_nll")
-        self.release_step = state.get("release_step")
-        _set_rng_state(state["rng"], self.flip_gen, self.device)
-        return True
-
-    def _log_path(self, kind: str) -> Path:
-        return self.run_dir / f"metrics_{kind}.csv"
-
-    def _cut_logs(self) -> None:
-        """Keep in each metrics log only the rows of the state training continues from: those an
-        interrupted process logged after its last checkpoint (all, without one) and a row cut
-        short go, so that no step is logged twice."""
-        keep = {"steps": lambda r: float(r["step"]) <= self.step, "epochs": lambda r: float(r["epoch"]) < self.epoch}
-        for kind, wanted in keep.items():
-            path = self._log_path(kind)
-            header, rows = read_log(path) if path.exists() else ([], [])
-            rows = [r for r in rows if wanted(r)]
-            self._log_fields[kind] = header if rows else None
-            if not rows:
-                path.unlink(missing_ok=True)
-                continue
-            with atomic_file(path, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(header)
-                writer.writerows([r[k] for k in header] for r in rows)
 
     def _refuse_another_run(self, saved: Config) -> None:
         """The folder's run must be this one, but for RESUMABLE_FIELDS."""
@@ -400,15 +411,11 @@ class Trainer:
                                      shard=(self.rank, self.world))
         return x.contiguous(memory_format=torch.channels_last) if self.switches["channels_last"] else x
 
-    def terms(self, x: torch.Tensor, module=None):
-        """Per-image NLL, KL (None without a latent) and entropy, and the observation model."""
-        return (module or self.forward)(x)
-
     def train_step(self, idx: torch.Tensor, pretrain: bool) -> dict:
         self.model.train()
         x = self._batch(idx, self.flip)
         try:
-            nll, kl, entropy, variance = self.terms(x)
+            nll, kl, entropy, variance = self._step_objective(x)
         except CapacitanceError as err:  # NaN/huge P reaches the Cholesky before the loss
             raise TrainingDiverged(f"the covariance broke down at step {self.step} (epoch {self.epoch}): "
                                    f"{err}") from None
@@ -466,7 +473,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 2)
             for start in range(0, n, self.cfg.batch_size):
                 x = to_float(dataset.images[start:start + self.cfg.batch_size]).to(self.device)
-                nll, kl, _, obs = self.terms(x, self.plain_terms)
+                nll, kl, _, obs = self.objective(x, distribution=True)  # rank 0 alone: not through DDP
                 nll_sum += float(nll.sum())
                 kl_sum += float(kl.sum()) if kl is not None else float("nan")
                 sq_sum += float((obs.mean.float() - x.flatten(1)).pow(2).mean(1).sum())
@@ -501,11 +508,24 @@ class Trainer:
             try:
                 yield
             finally:
-                if self._tb is not None:
-                    self._tb.close()
-                    self._tb = None
+                self.logs.close()
 
     def _fit(self, max_steps: Optional[int], resume: bool) -> torch.nn.Module:
+        self._begin(resume)
+        self.steps_per_epoch = self._count_steps_per_epoch()
+        while self.epoch < self.cfg.epochs:
+            pretrain = self._pretraining()
+            rows = self._train_epoch(pretrain, max_steps)
+            if rows is None:  # stopped at max_steps, checkpointed
+                return self.model
+            self._end_epoch(rows, pretrain)
+        if self.is_main:
+            self._finish()
+        return self.model
+
+    def _begin(self, resume: bool) -> None:
+        """Check the folder's run against this one, restore its checkpoint (with `resume`), then
+        claim the folder: the logs cut back to that state, the config written, unfinished again."""
         if self.is_main and (self.run_dir / "config.json").exists():  # before anything in it is written
             self._refuse_another_run(read_config(self.run_dir / "config.json"))
         if self.distributed:  # rank 0 holds the folder before any rank reads from it
@@ -513,102 +533,85 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         if self.is_main:
-            self._cut_logs()
+            self.logs.cut(self.step, self.epoch)
             write_text(self.run_dir / "config.json", self.cfg.to_json())
             if self.epoch < self.cfg.epochs:  # training again: finished no longer
                 (self.run_dir / "done.json").unlink(missing_ok=True)
-            self._open_tensorboard()
-        sampler = DistributedSampler(range(len(self.train_set.images)), num_replicas=self.world,
-                                     rank=self.rank, shuffle=True, seed=self.cfg.seed, drop_last=True)
+            self.logs.open_tensorboard(self.step)
+
+    def _count_steps_per_epoch(self) -> int:
         per_rank = self.cfg.batch_size // self.world
         if per_rank * self.world != self.cfg.batch_size:
             raise ValueError(f"batch_size {self.cfg.batch_size} does not split over {self.world} "
                              f"processes; use a multiple of the process count")
-        steps_per_epoch = len(sampler) // per_rank
-        if steps_per_epoch == 0:
+        steps = len(self.sampler) // per_rank
+        if steps == 0:
             raise ValueError(f"the training split has {len(self.train_set.images)} images, fewer "
                              f"than one batch of {self.cfg.batch_size}; lower batch_size")
-        while self.epoch < self.cfg.epochs:
-            sampler.set_epoch(self.epoch)
-            order = torch.tensor(list(sampler))
-            pretrain = self.epoch < self.cfg.pretrain_epochs and not self.pretrain_done
-            for p in self.model.variance_parameters():  # mean-only pre-training (Section 3.3)
-                p.requires_grad_(not pretrain)
-            bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, disable=not (self.progress and self.is_main),
-                       desc=f"{self.cfg.model} epoch {self.epoch + 1}/{self.cfg.epochs}"
-                            + (" (mean only)" if pretrain else ""), leave=False)
-            rows = []
-            while self.step_in_epoch < steps_per_epoch:
-                if max_steps is not None and self.step >= max_steps:
-                    bar.close()
-                    self.save_checkpoint()
-                    return self.model
-                t0 = time.perf_counter()
-                idx = order[self.step_in_epoch * per_rank:(self.step_in_epoch + 1) * per_rank]
-                self._set_learning_rates(pretrain, steps_per_epoch)
-                row = self.train_step(idx, pretrain)
-                self.step += 1
-                self.step_in_epoch += 1
-                self.wall_time += time.perf_counter() - t0
-                row.update(step=self.step, epoch=self.epoch, wall_time=round(self.wall_time, 3))
-                rows.append(row)
-                self._log("steps", row)
-                bar.set_postfix(nll=f"{row['nll']:.4g}", kl=f"{row['kl']:.3g}", H=f"{row['entropy']:.4g}")
-                bar.update()
-                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-            bar.close()
-            summary = self._epoch_average(rows)
-            summary.update(epoch=self.epoch, step=self.step, wall_time=round(self.wall_time, 3))
-            summary.update(self.evaluate(self.val_set) if self.is_main else {})
-            if pretrain:
-                self._update_pretrain(summary.get("val_nll"))
-            self._log("epochs", summary)
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self.save_checkpoint()
-            if self.progress and self.is_main:
-                print(epoch_line(self.cfg, self.epoch, summary, pretrain), flush=True)
-        if self.is_main:
-            if self.step == 0:
-                raise RuntimeError(f"{self.run_dir}: no optimisation step was taken, so the run is not finished")
-            done = {"epochs": self.epoch, "steps": self.step, "wall_time_s": round(self.wall_time, 2),
-                    "device": str(self.device), "world_size": self.world, "data": self.data_identity}
-            write_json(self.run_dir / "done.json", done, sort_keys=False)
-        return self.model
+        return steps
 
-    def _open_tensorboard(self) -> None:
-        """The TensorBoard writer, hiding the events an interrupted process logged after the
-        step this run continues from (purge_step), as the metrics logs drop them."""
-        if not self.tensorboard:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return
-        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+    def _pretraining(self) -> bool:
+        """Whether this epoch trains the mean alone (Section 3.3): the variance heads frozen."""
+        pretrain = self.epoch < self.cfg.pretrain_epochs and not self.pretrain_done
+        for p in self.model.variance_parameters():
+            p.requires_grad_(not pretrain)
+        return pretrain
 
-    def _set_learning_rates(self, pretrain: bool, steps_per_epoch: int) -> None:
-        """lr (or lr_after_pretrain once pre-training has ended) for every parameter; for the
-        released variance heads it ramps linearly over the first `release_warmup_epochs`.
-        Adam's first update of a parameter is ±lr whatever its gradient, so a head released
-        at full rate moves all R components by the same step, in the sign pattern of one
-        gradient: a single component over the whole image that the likelihood, whose pull on
-        a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py).
-        The log-scale diagonal heads (β-VAE variance, learned D, Dorta's log L_ii) run at
-        `diagonal_lr_factor` × that rate when it is set: each step moves their log-variance by
-        at most ~lr per input feature, and they start at ε, ~8 nats below a fitted variance."""
-        base = self.cfg.lr if pretrain or self.cfg.lr_after_pretrain is None else self.cfg.lr_after_pretrain
-        factor = 1.0
-        if not pretrain:
-            if self.release_step is None:
-                self.release_step = self.step
-            ramp = self.cfg.release_warmup_epochs * steps_per_epoch
-            if ramp > 0:
-                factor = min(1.0, (self.step - self.release_step + 1) / ramp)
-        scale = {"network": 1.0, "released": factor, "diagonal": factor * self.cfg.diagonal_lr_factor}
-        for role, group in zip(self.group_roles, self.optimizer.param_groups):
-            group["lr"] = base * scale[role]
+    def _train_epoch(self, pretrain: bool, max_steps: Optional[int]) -> Optional[List[dict]]:
+        """The epoch's remaining steps and their rows; None once `max_steps` are done (checkpointed)."""
+        self.sampler.set_epoch(self.epoch)
+        order = torch.tensor(list(self.sampler))
+        per_rank = self.cfg.batch_size // self.world
+        desc = f"{self.cfg.model} epoch {self.epoch + 1}/{self.cfg.epochs}" + (" (mean only)" if pretrain else "")
+        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=desc, leave=False,
+                   disable=not (self.progress and self.is_main))
+        rows = []
+        while self.step_in_epoch < self.steps_per_epoch:
+            if max_steps is not None and self.step >= max_steps:
+                bar.close()
+                self.save_checkpoint()
+                return None
+            t0 = time.perf_counter()
+            idx = order[self.step_in_epoch * per_rank:(self.step_in_epoch + 1) * per_rank]
+            rows.append(self._logged_step(idx, pretrain, t0))
+            bar.set_postfix(nll=f"{rows[-1]['nll']:.4g}", kl=f"{rows[-1]['kl']:.3g}", H=f"{rows[-1]['entropy']:.4g}")
+            bar.update()
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return rows
+
+    def _logged_step(self, idx: torch.Tensor, pretrain: bool, t0: float) -> dict:
+        """One step at its scheduled rates, counted, timed from `t0` and logged; its row."""
+        self._set_learning_rates(pretrain)
+        row = self.train_step(idx, pretrain)
+        self.step += 1
+        self.step_in_epoch += 1
+        self.wall_time += time.perf_counter() - t0
+        row.update(step=self.step, epoch=self.epoch, wall_time=round(self.wall_time, 3))
+        self.logs.write("steps", row)
+        return row
+
+    def _end_epoch(self, rows: List[dict], pretrain: bool) -> None:
+        """The epoch's averages and validation logged, pre-training's end decided, a checkpoint."""
+        summary = self._epoch_average(rows)
+        summary.update(epoch=self.epoch, step=self.step, wall_time=round(self.wall_time, 3))
+        summary.update(self.evaluate(self.val_set) if self.is_main else {})
+        if pretrain:
+            self._update_pretrain(summary.get("val_nll"))
+        self.logs.write("epochs", summary)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.save_checkpoint()
+        if self.progress and self.is_main:
+            print(epoch_line(self.cfg, self.epoch, summary, pretrain), flush=True)
+
+    def _finish(self) -> None:
+        if self.step == 0:
+            raise RuntimeError(f"{self.run_dir}: no optimisation step was taken, so the run is not finished")
+        done = {"epochs": self.epoch, "steps": self.step, "wall_time_s": round(self.wall_time, 2),
+                "device": str(self.device), "world_size": self.world, "data": self.data_identity}
+        write_json(self.run_dir / "done.json", done, sort_keys=False)
 
     def _update_pretrain(self, val_nll: Optional[float]) -> None:
         """End mean-only pre-training once the mean's validation NLL has levelled off:
@@ -630,29 +633,11 @@ class Trainer:
             done = bool(flag.item())
         self.pretrain_done = done
 
-    def _epoch_average(self, rows) -> dict:
+    def _epoch_average(self, rows: List[dict]) -> dict:
         """Means over the epoch's steps, read back from the log (a resumed epoch's first steps are there)."""
-        path = self._log_path("steps")
-        if self.is_main and path.exists():
-            rows = [r for r in read_log(path)[1] if float(r["epoch"]) == self.epoch]
+        rows = self.logs.epoch_steps(self.epoch, rows)
         keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "wall_time")]
         return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
-
-    def _log(self, kind: str, row: dict) -> None:
-        if not self.is_main:
-            return
-        fields = self._log_fields.get(kind)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=fields or list(row))
-        if fields is None:
-            writer.writeheader()
-            self._log_fields[kind] = list(row)
-        writer.writerow(row)
-        _append(self._log_path(kind), text.getvalue())
-        if self._tb:
-            for k, v in row.items():
-                if k not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(f"{kind}/{k}", v, row["step"])
 
 
 def _duration(seconds: float) -> str:

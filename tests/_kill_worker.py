@@ -10,11 +10,11 @@ import os
 import signal
 import sys
 
-from sosvae_core import train
+from sosvae_core import metrics_log
 from sosvae_core.__main__ import main
 
 when, at = sys.argv[1], int(sys.argv[2])
-plain_log, plain_append = train.Trainer._log, train._append
+plain_write, plain_append = metrics_log.MetricsLog.write, metrics_log._append
 
 
 def die():
@@ -26,14 +26,14 @@ def half_then_die(path, text):
     die()
 
 
-def log(self, kind, row):
+def write(self, kind, row):
     hit = row["step"] == at and kind == ("epochs" if when == "mid-epoch-row" else "steps")
     if hit and when != "after-row":
-        train._append = half_then_die
-    plain_log(self, kind, row)
+        metrics_log._append = half_then_die
+    plain_write(self, kind, row)
     if hit:
         die()
 
 
-train.Trainer._log = log
+metrics_log.MetricsLog.write = write
 sys.exit(main(sys.argv[3:]))

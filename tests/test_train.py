@@ -1,6 +1,7 @@
 import csv
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sosvae_core import train
+from sosvae_core import metrics_log, train
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.observations import REGISTRY
 from sosvae_core.paths import folder_lock
 from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
-from sosvae_core.train import Trainer, TrainingDiverged, epoch_line, read_log
+from sosvae_core.metrics_log import read_log
+from sosvae_core.train import Trainer, TrainingDiverged, epoch_line
 
 KILL_WORKER = Path(__file__).resolve().parent / "_kill_worker.py"
 
@@ -77,7 +79,7 @@ def test_learning_rate_after_pretraining_and_the_means_validation_error(lfw, tmp
     x = lfw["val"].to_float() if hasattr(lfw["val"], "to_float") else lfw["val"].images.float() / 255
     torch.manual_seed(cfg.seed + 2)
     with torch.no_grad():
-        nll, kl, _, obs = again.terms(x, again.plain_terms)
+        nll, kl, _, obs = again.objective(x, distribution=True)
     assert m["val_mean_mse"][-1] == pytest.approx(float((obs.mean - x.flatten(1)).pow(2).mean()), rel=1e-5)
 
 
@@ -133,6 +135,63 @@ def test_log_scale_diagonal_heads_take_their_own_learning_rate(model, released, 
     assert plain.group_roles == ["network", "released"]
     assert {id(p) for p in plain.optimizer.param_groups[1]["params"]} == {
         id(p) for p in plain.model.variance_parameters()}
+
+
+def former_learning_rates(cfg, roles, step, pretrain, release_step, steps_per_epoch):
+    """The rates the trainer set by hand before each step, before its LambdaLR schedule."""
+    base = cfg.lr if pretrain or cfg.lr_after_pretrain is None else cfg.lr_after_pretrain
+    factor = 1.0
+    if not pretrain:
+        ramp = cfg.release_warmup_epochs * steps_per_epoch
+        if ramp > 0:
+            factor = min(1.0, (step - release_step + 1) / ramp)
+    scale = {"network": 1.0, "released": factor, "diagonal": factor * cfg.diagonal_lr_factor}
+    return [base * scale[role] for role in roles]
+
+
+@pytest.mark.parametrize("model, settings", [
+    ("sos_learned_diag", dict(pretrain_epochs=1, release_warmup_epochs=2, diagonal_lr_factor=10.0,
+                              lr_after_pretrain=3e-4)),
+    ("sos", dict(pretrain_epochs=0, release_warmup_epochs=1.5))])
+def test_the_schedule_gives_the_former_learning_rates_at_every_step(model, settings, lfw, tmp_path, monkeypatch):
+    cfg = smoke(model, epochs=4, **settings)
+    steps = len(lfw["train"].images) // cfg.batch_size
+    seen = []
+    plain_step = Trainer.train_step
+
+    def train_step(self, idx, pretrain):
+        seen.append((self.step, pretrain, [g["lr"] for g in self.optimizer.param_groups]))
+        return plain_step(self, idx, pretrain)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False).fit(max_steps=steps + 3)  # mid-ramp
+    tr = Trainer(cfg, tmp_path, datasets=lfw, progress=False, tensorboard=False)
+    tr.fit()  # resumed
+    assert [s for s, _, _ in seen] == list(range(cfg.epochs * steps))
+    release = next(s for s, pretrain, _ in seen if not pretrain)
+    assert release == settings["pretrain_epochs"] * steps
+    for step, pretrain, rates in seen:
+        assert rates == former_learning_rates(cfg, tr.group_roles, step, pretrain, release, steps), step
+    ramped = {rates[1] for _, pretrain, rates in seen if not pretrain}
+    assert len(ramped) == math.ceil(cfg.release_warmup_epochs * steps)  # one per step of the ramp, the last in full
+
+
+def test_a_checkpoint_without_the_schedule_state_resumes_bit_identically(lfw, tmp_path):
+    # a checkpoint from before the LambdaLR schedule: its optimiser's groups hold no initial_lr
+    cfg = smoke("sos_learned_diag", epochs=3, pretrain_epochs=1, release_warmup_epochs=1, diagonal_lr_factor=10.0,
+                lr_after_pretrain=3e-4)
+    full = Trainer(cfg, tmp_path / "a", datasets=lfw, progress=False, tensorboard=False).fit()
+    Trainer(cfg, tmp_path / "b", datasets=lfw, progress=False, tensorboard=False).fit(max_steps=10)  # mid-ramp
+    state = torch.load(tmp_path / "b/checkpoint.pt", weights_only=False)
+    for group in state["optimizer"]["param_groups"]:
+        del group["initial_lr"]
+    assert "schedule" not in state and "scheduler" not in state
+    torch.save(state, tmp_path / "b/checkpoint.pt")
+    resumed = Trainer(cfg, tmp_path / "b", datasets=lfw, progress=False, tensorboard=False).fit()
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [[{k: v for k, v in r.items() if k != "wall_time"} for r in read_log(tmp_path / run / "metrics_steps.csv")[1]]
+            for run in ("a", "b")]
+    assert len(rows[0]) == 3 * len(lfw["train"].images) // cfg.batch_size and rows[0] == rows[1]
 
 
 def test_pretraining_ends_when_the_validation_nll_levels_off(lfw, tmp_path):
@@ -408,7 +467,7 @@ def test_read_only_folder_and_full_disk_are_one_line_with_the_fix(tmp_path, caps
                                        f"folder you can write to (--runs-dir / $SOSVAE_RUNS_DIR for runs, --output "
                                        f"for run_all), or make that one writable\n")
     with monkeypatch.context() as patch:  # the disk fills while logging step 5
-        patch.setattr(train, "_append", failing(train._append, errno.ENOSPC, lambda path, text: ",5,0," in text))
+        patch.setattr(metrics_log, "_append", failing(metrics_log._append, errno.ENOSPC, lambda path, text: ",5,0," in text))
         assert cli(args) == 2
     assert capsys.readouterr().err == (f"error: cannot write {run / 'metrics_steps.csv'}: No space left on device "
                                        f"(the disk is full); free space there, then run the same command again: the "
@@ -470,7 +529,7 @@ def test_every_model_compiles_to_the_eager_loss_and_gradients(model, lfw):
     x = lfw["train"].images[:cfg.batch_size].float() / 255
     torch.manual_seed(0)
     net = build_model(cfg, x.shape[1:])
-    terms = train.ObjectiveTerms(net, model, distribution=False)
+    terms = train.ObjectiveTerms(net, model)
     constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(x.shape[1:]))
     torch._dynamo.reset()
     counters.clear()
