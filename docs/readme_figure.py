@@ -4,7 +4,7 @@
 
 Loads the quick-profile β-VAE and SOS-VAE on the bundled synthetic portraits from the runs
 folder that `run_all.sh` fills (training them first if they are missing, a few minutes on a
-CPU), decodes four prior codes (seed 0) and draws Fig. 2's six rows for both, small enough to
+CPU), decodes three prior codes (seed 0) and draws Fig. 2's six rows for both, small enough to
 commit.
 """
 import argparse
@@ -24,12 +24,12 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     ctx = context("quick", "portraits", data_root=None, device="cpu", runs_dir=args.runs_dir)
     models = {"β-VAE": ctx.model("beta"), "SOS-VAE": ctx.model("sos")}
-    panels = figures.fig2_panels(models, 4, args.seed)
-    fig = figures.plot_observation_panels(panels, n_cols=4, title="Fig. 2 · bundled synthetic portraits · quick profile · "
-                                                                  "4 prior codes; map rows: one scale per model")
+    panels = figures.fig2_panels(models, 3, args.seed)
+    fig = figures.plot_observation_panels(panels, n_cols=3, title="Fig. 2 · bundled synthetic portraits · quick profile · "
+                                                                  "3 prior codes; map rows: one scale per model")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80, bbox_inches="tight")
+    fig.savefig(out, dpi=72, bbox_inches="tight", pil_kwargs={"optimize": True})
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
     return 0
 
