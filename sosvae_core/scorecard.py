@@ -1,27 +1,8 @@
-"""The paper's claims as numbers: ours next to the paper's, each with a pass rule fixed
-before the run (notebook 11 and `run_all.sh`).
+"""The scorecard's measures and how its lines are shown. The claims themselves, each one
+object with its number, title, the paper's value, measure and pass rule, are in `claims`; the
+levels the rules ask for are constants here, fixed before any run.
 
-| # | claim (paper section) | measure | pass rule |
-|---|---|---|---|
-| 1 | β-VAE's sample − mean is pixel noise, SOS-VAE's is spatially coherent (Figs. 1–2) | neighbour correlation of sample − mean | abs(β) < 0.1 and SOS > 0.5 |
-| 2 | SOS-VAE's average per-pixel variance is 0.0322 on CelebA (App. A) | mean of diag(PPᵀ) + ε over 64 prior z | within 2× of 0.0322 |
-| 3 | SOS samples beat β-VAE samples and are no worse than β-VAE means (Table 1) | FID, same N | SOS samples < β samples and ≤ β means |
-| 4 | SOS-VAE beats Dorta et al. on 64×64 gray, means and samples (Table 1) | FID, same N | SOS < Dorta for both |
-| 5 | the covariance to the central pixel follows image structure (Fig. 2) | concentration of Σ₊ on the pixel's region | median ≥ 0.3 |
-| 6 | slerp between samples is smooth and ends on the samples (Fig. 4) | corner error, largest / average step | ≤ 1e-5 and ≤ 2 |
-| 7 | an edit recolours regions, not the whole image (Fig. 6) | propagation and unchanged fraction | ≥ 0.1 and ≥ 0.25 for every edit |
-| 8 | the distribution-only model is as expressive as a 25-component PCA (Fig. 7) | held-out projection MSE | ≤ 1.2 × PCA's |
-| 9 | without εI and ξ_H the variance explodes (App. A: 11.76 against 0.0322) | average variance ratio | ≥ 10 |
-| 10 | *beyond the paper:* SOS-VAE's conditional scores hidden pixels better than the β-VAE's marginal | bits per hidden dimension, inpainting | β − SOS > 2 SE, both boxes |
-
-Claim 10 is ours, not the paper's (notebook 12, `inpainting.py`): on held-out test images a
-centred box of a quarter of the image, or a random box of that area, is hidden; z is fitted to
-the visible pixels alone, and the hidden 8-bit values are scored in bits per hidden dimension
-under SOS-VAE's conditional p(x_hid | x_vis, z) and the β-VAE's marginal p(x_hid | z) (its
-conditional). The rule asks for the difference, paired over the images, to exceed twice its
-standard error for both kinds of box.
-
-Measures 5 and 7 are defined here so that the failure they guard against fails them:
+Measures 5 and 7 are defined so that the failure they guard against fails them; 11 pairs two models:
 
 - **Covariance concentration** (claim 5), on the map Fig. 2 draws: Σ₊, the covariance
   of every pixel value with the central pixel i (channel 0) clamped at 0, with Σ_ii
@@ -56,6 +37,14 @@ Measures 5 and 7 are defined here so that the failure they guard against fails t
   hair edit would score 0.03 and fail its own example. (Propagation depends on what
   counts as the stroke, 0.8–4.4 for the hair edit; the rule's 0.1 only asks that the
   edit spread at all.)
+- **Variation of the means** (claim 11; Sec. 4.1: "we observe more variation in the means of
+  the β-VAE"). Both models decode the same n seeded prior codes z_i (n = 64). With μ_i = μ(z_i)
+  and μ̄ their average, each code's part is d_i = n/(n − 1) · the average over pixel values of
+  (μ_i − μ̄)²; the average of d_i over the codes is the variance of the means over the codes,
+  per pixel value, averaged over the image. The two models' d_i are paired over the codes (a
+  code far from the prior's centre moves both models' means further) and their difference
+  carries a standard error. (The d_i share μ̄: a correction of order 1/n that the standard
+  error leaves out.)
 """
 from __future__ import annotations
 
@@ -91,40 +80,14 @@ EDIT_PROPAGATION_MIN = 0.1
 EDIT_UNCHANGED_MIN = 0.25
 PCA_FACTOR = 1.2
 EXPLOSION_RATIO_MIN = 10.0
-INPAINTING_SE_FACTOR = 2.0  # claim 10: the paired difference must exceed this many standard errors
-
-RULES = {
-    1: f"abs(coherence β-VAE) < {COHERENCE_NOISE_MAX} and coherence SOS-VAE > {COHERENCE_STRUCTURED_MIN}",
-    2: f"{PAPER_PIXEL_VARIANCE / VARIANCE_FACTOR:.4f} ≤ mean per-pixel variance ≤ {PAPER_PIXEL_VARIANCE * VARIANCE_FACTOR:.4f}",
-    3: "FID SOS samples < FID β samples and FID SOS samples ≤ FID β means (same N)",
-    4: "FID SOS < FID Dorta et al., for means and for samples (same N)",
-    5: f"median concentration of Σ₊ on the central pixel's region ≥ {CONCENTRATION_MIN} (τ = {REGION_TAU})",
-    6: f"corner error ≤ {SLERP_ENDPOINT_MAX:g} and largest step ≤ {SLERP_STEP_RATIO_MAX} × the path's average step",
-    7: f"every edit: propagation ≥ {EDIT_PROPAGATION_MIN} and unchanged fraction (d < {EDIT_UNCHANGED_LEVEL}·p95) "
-       f"≥ {EDIT_UNCHANGED_MIN}",
-    8: f"projection MSE distribution-only ≤ {PCA_FACTOR} × PCA's",
-    9: f"average variance unstabilised ≥ {EXPLOSION_RATIO_MIN:g} × stabilised",
-    10: f"beyond the paper: for the centred and the random box, bits per hidden dimension β-VAE marginal − "
-        f"SOS-VAE conditional > {INPAINTING_SE_FACTOR:g} × its standard error (paired over the test images)",
-}
-TITLES = {
-    1: "sample − mean: pixel noise (β-VAE) against spatially coherent (SOS-VAE)",
-    2: "SOS-VAE's average per-pixel variance",
-    3: "Table 1: SOS samples beat β-VAE samples and are no worse than β-VAE means",
-    4: "Table 1, 64×64 gray: SOS-VAE beats Dorta et al. (means and samples)",
-    5: "covariance to the central pixel follows image structure",
-    6: "slerp of ω_p is smooth and ends on the samples",
-    7: "an edit recolours regions, not the whole image",
-    8: "distribution-only model ≈ 25-component PCA",
-    9: "App. A: without εI and ξ_H the variance explodes",
-    10: "beyond the paper: SOS-VAE's conditional scores hidden pixels better than the β-VAE's marginal",
-}
+PAIRED_SE_FACTOR = 2.0  # claims 10 and 11: a paired difference counts when it exceeds this many standard errors
+PRIOR_CODES = 64  # the prior codes the variance claims (2, 9, 11) average over
 
 
 # -- measures -------------------------------------------------------------------------------
 
 @torch.no_grad()
-def prior_pixel_variance(model, n: int = 64, seed: int = 0) -> float:
+def prior_pixel_variance(model, n: int = PRIOR_CODES, seed: int = 0) -> float:
     """Average per-pixel variance of p(x|z) over n latent codes from the prior."""
     from .figures import prior_z
     device = model_device(model)
@@ -203,54 +166,36 @@ def slerp_steps(grid: torch.Tensor) -> float:
     return float((steps.max(1).values / steps.mean(1).clamp_min(1e-12)).max())
 
 
-# -- rules ----------------------------------------------------------------------------------------
+# -- the claims' numbers from trained models -----------------------------------------------
 
-def _ok(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
-def check(claim: int, ours: dict) -> Optional[bool]:
-    """The pass rule of a claim applied to its measured numbers; None if not measured."""
-    verdict = _rule(claim, ours)
-    return None if verdict is None else bool(verdict)
+@torch.no_grad()
+def prior_means(model, n: int = PRIOR_CODES, seed: int = 0) -> torch.Tensor:
+    """The decoded means μ(z_i) of n seeded prior codes (`figures.prior_z`): (n, D), float64 on the CPU."""
+    from .figures import prior_z
+    obs = model.decode(prior_z(model, n, seed).to(model_device(model)))
+    return obs.mean.double().cpu().flatten(1)
 
 
-def _rule(claim: int, ours: dict):
-    try:
-        if claim == 1:
-            return abs(ours["coherence_beta"]) < COHERENCE_NOISE_MAX and ours["coherence_sos"] > COHERENCE_STRUCTURED_MIN
-        if claim == 2:
-            v = ours["pixel_variance"]
-            return PAPER_PIXEL_VARIANCE / VARIANCE_FACTOR <= v <= PAPER_PIXEL_VARIANCE * VARIANCE_FACTOR
-        if claim == 3:
-            return ours["sos_samples"] < ours["beta_samples"] and ours["sos_samples"] <= ours["beta_means"]
-        if claim == 4:
-            return ours["sos_means"] < ours["dorta_means"] and ours["sos_samples"] < ours["dorta_samples"]
-        if claim == 5:
-            return _ok(ours["median_concentration"]) and ours["median_concentration"] >= CONCENTRATION_MIN
-        if claim == 6:
-            return ours["corner_error"] <= SLERP_ENDPOINT_MAX and ours["step_ratio"] <= SLERP_STEP_RATIO_MAX
-        if claim == 7:
-            return all(e["propagation"] >= EDIT_PROPAGATION_MIN and e["unchanged_fraction"] >= EDIT_UNCHANGED_MIN
-                       for e in ours["edits"].values())
-        if claim == 8:
-            return ours["mse_ours"] <= PCA_FACTOR * ours["mse_pca"]
-        if claim == 9:
-            return ours["ratio"] >= EXPLOSION_RATIO_MIN
-        if claim == 10:
-            return all(ours[f"{kind}_gain"] > INPAINTING_SE_FACTOR * ours[f"{kind}_gain_se"] for kind in MASKS)
-    except (KeyError, TypeError):
-        return None
-    raise ValueError(f"unknown claim {claim}; the claims are {sorted(RULES)}")
+def mean_spread(means: torch.Tensor) -> torch.Tensor:
+    """Each code's part of the variation of the means (module docstring), for means (n, D):
+    d_i = n/(n − 1) · mean over D of (μ_i − μ̄)²; their average is the unbiased variance over
+    the codes, averaged over the D values."""
+    n = means.shape[0]
+    return (means - means.mean(0)).pow(2).mean(1) * n / (n - 1)
 
 
-def row(claim: int, dataset: str, ours: dict, paper: str, note: str = "") -> dict:
-    """One scorecard line: the claim, ours, the paper's, the rule and the verdict."""
-    return {"claim": claim, "title": TITLES[claim], "dataset": dataset, "ours": ours, "paper": paper,
-            "rule": RULES[claim], "pass": check(claim, ours), "note": note}
+def mean_variation(sos, beta, n: int = PRIOR_CODES, seed: int = 0) -> dict:
+    """Claim 11: the variation of SOS-VAE's and the β-VAE's means over the same n prior codes,
+    SOS-VAE's over the β-VAE's (ratio), and the β-VAE's minus SOS-VAE's, paired over the codes,
+    with its standard error (difference, difference_se)."""
+    from .inpainting import paired_difference
+    d_sos, d_beta = mean_spread(prior_means(sos, n, seed)), mean_spread(prior_means(beta, n, seed))
+    difference = paired_difference(d_beta, d_sos)
+    variation_sos, variation_beta = float(d_sos.mean()), float(d_beta.mean())
+    return {"variation_sos": variation_sos, "variation_beta": variation_beta,
+            "ratio": variation_sos / variation_beta, "difference": difference["mean"],
+            "difference_se": difference["se"], "n_codes": n}
 
-
-# -- the whole scorecard from a notebook context ------------------------------------------------
 
 def measured_median(values: List[float]) -> float:
     """The median of the measured (non-NaN) values; NaN unless more than half were measured."""
@@ -289,18 +234,6 @@ def table1_numbers(rows: List[dict], dataset: str, kinds: Sequence[str]) -> dict
     if all(by[k].get("kid_means") is not None for k in kinds):
         numbers["kid"] = {f"{k}_{w}": by[k][f"kid_{w}"] for k in kinds for w in ("means", "samples")}
     return numbers
-
-
-def kid_agreement(claim: int, numbers: dict) -> str:
-    """For claims 3 and 4 (ruled on FID): the same rule applied to KID, and whether the two
-    metrics agree. A disagreement is reported, never hidden: '' when they agree."""
-    if "kid" not in numbers:
-        return ""
-    fid_verdict, kid_verdict = check(claim, numbers), check(claim, numbers["kid"])
-    numbers["kid_verdict"] = kid_verdict
-    if fid_verdict == kid_verdict:
-        return f"KID agrees ({'pass' if kid_verdict else 'fail'})"
-    return f"FID AND KID DISAGREE: the rule on KID would {'pass' if kid_verdict else 'fail'}"
 
 
 def inpainting_claim(ctx) -> dict:
@@ -358,104 +291,7 @@ def gray_dataset(ctx) -> str:
     return "celeba64_gray" if ctx.has_real_data else "lfw"
 
 
-def evaluate(ctx, n_images: int = 16) -> List[dict]:
-    """Measure every claim on the trained runs of a notebook context (trains what is missing).
-
-    The main dataset (CelebA, or the bundled faces) carries every claim; the brain slices
-    add claims 1, 3 and 5 when a data root is given; claim 4 runs on the gray dataset
-    that notebook 09 uses. FID numbers come from the runs' cache when notebooks 08 and
-    09 computed them already.
-    """
-    from . import fid, table1
-    from .editing import PAPER_EDIT_SCALE, PAPER_EDITS
-    from .figures import compare_with_pca, fit_pca, observation_panel, spatial_coherence
-    rows = []
-    main = ctx.dataset
-    datasets = [main] + (["brain"] if ctx.has_real_data and main != "brain" else [])
-    extractor = None
-
-    def table(models):
-        nonlocal extractor
-        if extractor is None:
-            extractor = fid.load_feature_extractor(device=model_device(next(iter(models.values()))))
-        return table1.table1(models, extractor, data_root=ctx.data_root, cache_dir=ctx.cache_dir, seed=ctx.seed,
-                          progress=False)
-
-    for dataset in datasets:
-        test = ctx.test_images(dataset, n_images)
-        beta, sos = ctx.model("beta", dataset=dataset), ctx.model("sos", dataset=dataset)
-        coherence = {}
-        for kind, model in (("beta", beta), ("sos", sos)):
-            with torch.no_grad():
-                z = model.encode(test.to(model_device(model))).loc
-            coherence[f"coherence_{kind}"] = spatial_coherence(observation_panel(model, z, ctx.seed)["difference"])
-        rows.append(row(1, dataset, coherence, "β-VAE: uncorrelated pixel noise; SOS-VAE: spatially coherent "
-                                               "(Figs. 1–2, no number given)"))
-        fids = table1_numbers(table({(dataset, "beta"): beta, (dataset, "sos"): sos}), dataset, ("beta", "sos"))
-        paper = table1.PAPER_TABLE1.get((dataset, "sos")), table1.PAPER_TABLE1.get((dataset, "beta"))
-        paper_text = (f"SOS samples {paper[0][1]} < β samples {paper[1][1]}, β means {paper[1][0]} "
-                      f"(N = {table1.PAPER_N:,})"
-                      if all(paper) else "—")
-        note = [f"N = {fids['n']} generated images", kid_agreement(3, fids),
-                "OASIS slices stand in for UK Biobank" if dataset == "brain" else ""]
-        rows.append(row(3, dataset, fids, paper_text, "; ".join(filter(None, note))))
-        cov = covariance_structure(sos, n_images, ctx.seed)
-        figure = "ukbb_results.png" if dataset == "brain" else "celeba_results.png"
-        authors = AUTHORS_CONCENTRATION["brain" if dataset == "brain" else "celeba"]
-        rows.append(row(5, dataset, {"median_concentration": cov["median_concentration"], "n_codes": cov["n_codes"]},
-                        f"{authors} (the authors' {figure}, median over its 10 prior codes; "
-                        + ("Fig. 2d: +cov. follows the brain's structure)" if dataset == "brain" else
-                           "Fig. 2b: +cov. covers the face, −cov. faint on hair and background)"),
-                        f"over {cov['n_codes']} prior codes, as the authors' figure"))
-
-    sos = ctx.model("sos")
-    v_stable = prior_pixel_variance(sos, 64, ctx.seed)
-    if main in FACE_DATASETS:
-        rows.append(row(2, main, {"pixel_variance": v_stable, "training_batches": training_variance(sos)},
-                        f"{PAPER_PIXEL_VARIANCE} (CelebA 218×178, App. A)",
-                        "over 64 prior codes; training_batches: the last epoch's encoded training images, as the "
-                        "paper's code logs it (not the rule)"
-                        + ("" if main == "celeba" else f"; the paper's number is for CelebA, {main} stands in")))
-    gray = gray_dataset(ctx)
-    fids = table1_numbers(table({(gray, k): ctx.model(k, dataset=gray) for k in ("beta", "dorta", "sos")}), gray,
-                          ("dorta", "sos"))
-    paper = {k: table1.PAPER_TABLE1[("celeba64_gray", k)] for k in ("sos", "dorta")}
-    rows.append(row(4, gray, fids, f"SOS {paper['sos'][0]} / {paper['sos'][1]} < Dorta {paper['dorta'][0]} / "
-                                   f"{paper['dorta'][1]} (means / samples, N = {table1.PAPER_N:,})",
-                    "; ".join(filter(None, [f"N = {fids['n']} generated images", kid_agreement(4, fids)]))))
-    rows.append(row(6, main, slerp_claim(sos, seed=ctx.seed), "Fig. 4: smooth transitions (no number given)"))
-    if main in FACE_DATASETS:
-        edits = PAPER_EDITS[main]
-        measured = editing_claim(sos, edits, PAPER_EDIT_SCALE, seed=ctx.seed)
-        rows.append(row(7, main, measured,
-                        "the authors' editor.png: "
-                        + "; ".join(f"{k}: propagation {v['propagation']}, unchanged {v['unchanged_fraction']}"
-                                    for k, v in AUTHORS_EDITS.items())
-                        + " (Fig. 6: hair edit leaves the face, forehead edit leaves hair and background)",
-                        f"authors' protocol: components scaled to {PAPER_EDIT_SCALE}, one-pixel strokes "
-                        f"({', '.join(edits)}), median over {measured['n_codes']} prior codes"))
-    dist = ctx.model("distribution")
-    train = ctx.splits()["train"].to_float()
-    pca = fit_pca(train, n_components=dist.rank, seed=ctx.seed)
-    numbers = compare_with_pca(dist, pca, ctx.test_images())
-    rows.append(row(8, main, {"mse_ours": numbers["recon_mse_ours"], "mse_pca": numbers["recon_mse_pca"]},
-                    "Fig. 7: little perceivable difference from PCA (no number given)"))
-    unstable = ctx.model("sos_learned_diag")
-    v_unstable = prior_pixel_variance(unstable, 64, ctx.seed)
-    cfg = unstable.config
-    rows.append(row(9, main, {"variance_stabilised": v_stable, "variance_unstabilised": v_unstable,
-                              "ratio": v_unstable / v_stable,
-                              "training_batches_ratio": training_variance(unstable) / training_variance(sos)},
-                    f"{PAPER_PIXEL_VARIANCE_UNSTABILISED} against {PAPER_PIXEL_VARIANCE} "
-                    f"(ratio {PAPER_PIXEL_VARIANCE_UNSTABILISED / PAPER_PIXEL_VARIANCE:.0f}; 100 epochs)",
-                    f"unstabilised model trained {cfg.epochs} epochs; variances over 64 prior codes "
-                    f"(training_batches_ratio: the last epoch's logged variances, not the rule)"))
-    measured = inpainting_claim(ctx)
-    rows.append(row(10, main, measured, "— (beyond the paper: the paper uses the conditional mean only)",
-                    f"{measured['n']} test images, z from the visible pixels by {measured['steps']} Adam steps; "
-                    f"gain = β-VAE bits − SOS-VAE bits per hidden dimension (notebook 12)"))
-    return sorted(rows, key=lambda r: (r["claim"], r["dataset"] != main))
-
+# -- the lines of the scorecard, shown -----------------------------------------------------------
 
 def format_scorecard(rows: List[dict]) -> str:
     """Plain-text table for a terminal: claim, dataset, verdict, ours against the paper."""

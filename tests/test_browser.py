@@ -308,7 +308,7 @@ def test_results_page_in_chromium(browser, tmp_path):
     """index.html of a run: every image loads, the scorecard and Table 1 are there, links resolve."""
     from PIL import Image
 
-    from sosvae_core import scorecard
+    from sosvae_core import claims, scorecard
     from sosvae_core.report import build_index
     out = tmp_path / "outputs"
     for book, pngs in {"02_fig1_fig2_structured_uncertainty": ["fig1_celeba", "fig2_celeba"],
@@ -317,8 +317,8 @@ def test_results_page_in_chromium(browser, tmp_path):
         for i, name in enumerate(pngs):
             Image.new("RGB", (40 + i, 30), (200, 30 * i, 90)).save(out / book / f"{name}.png")
         (out / f"{book}.ipynb").write_text("{}")
-    rows = [scorecard.row(2, "celeba", {"pixel_variance": 0.04}, "0.0322"),
-            scorecard.row(9, "celeba", {"ratio": 3.1}, "11.76 against 0.0322")]
+    rows = [claims.row(2, "celeba", {"pixel_variance": 0.04}, "0.0322"),
+            claims.row(9, "celeba", {"ratio": 3.1}, "11.76 against 0.0322")]
     scorecard.save_scorecard(rows, out / "scorecard.json", profile="quick")
     write_json(out / "08_table1_fid" / "metrics.json", {"table1": [
         {"dataset": "celeba", "model": "sos", "n": 250, "n_reference": 2000, "fid_means": 251.0,
