@@ -154,6 +154,9 @@ class WithDiagonal(torch.nn.Module):
         self.model, self.eps = model, float(eps)
         self.latent_dim = getattr(model, "latent_dim", 0)
         self.image_shape, self.rank = model.image_shape, getattr(model, "rank", None)
+        # the wrapper takes the model's mode: a caller that restores the wrapper's mode (as FID's image
+        # generation does) must not switch the model's batch normalisation to batch statistics
+        self.train(model.training)
 
     def encode(self, x):
         return self.model.encode(x)

@@ -156,3 +156,17 @@ def test_one_set_of_codes_scores_every_eps_as_rescoring_one_at_a_time_would():
         assert grid[eps] == pytest.approx(alone, rel=1e-6)
     with pytest.raises(ValueError, match="needs a low-rank model"):
         likelihood.evaluate(LinearGaussian(model.W, model.b, 0.2), x, k=2, eps_values=[1e-2])
+
+
+def test_with_diagonal_keeps_the_wrapped_models_mode():
+    # a caller that restores the wrapper's mode afterwards (table1.generate_images) must leave an
+    # evaluated model in eval mode, or its batch normalisation switches to batch statistics
+    inner = torch.nn.BatchNorm1d(3).eval()
+    inner.image_shape = (3,)
+    wrapped = likelihood.WithDiagonal(inner, 1e-3)
+    assert not wrapped.training
+    was_training = wrapped.training
+    wrapped.eval()
+    wrapped.train(was_training)
+    assert not inner.training
+    assert likelihood.WithDiagonal(inner.train(), 1e-3).training
