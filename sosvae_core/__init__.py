@@ -59,6 +59,6 @@ On top of it, the paper and the apps:
 - `runner` — the papermill runner behind `run_all.sh`.
 - `report` — the results page `outputs/index.html`.
 
-The command line is `python -m sosvae_core train|pack|fid|authors-figures` (also `sosvae`).
+The command line is `python -m sosvae_core train|pack|fid|nll|authors-figures` (also `sosvae`).
 """
 __version__ = "0.1.0"
