@@ -14,6 +14,7 @@ Each number comes with KID (`sosvae_core.kid`) on the same features, which is un
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,14 +90,9 @@ def posterior_codes(model, n: int, data_root=None, cache_dir=None, progress: boo
         raise ValueError(f"the test split of {cfg.dataset} holds {len(test)} images, fewer than n = {n}; "
                          f"pass n ≤ {len(test)}")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            codes = torch.cat([model.encode(test.to_float(test.images[i:i + 100], device)).loc.cpu()
-                               for i in range(0, n, 100)])[:n]
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.no_grad():
+        codes = torch.cat([model.encode(test.to_float(test.images[i:i + 100], device)).loc.cpu()
+                           for i in range(0, n, 100)])[:n]
     overlap = None
     if test.files:
         reference_files = set(load_dataset(split="all", augment=False, **kw).files[:n])
@@ -134,9 +130,7 @@ def generate_images(
     device = torch.device(device)
     shape = tuple(model.image_shape)
     gen = torch.Generator().manual_seed(seed)  # on the CPU: the images do not depend on the device
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         done = 0
         while done < n:
             b = min(batch_size, n - done)
@@ -146,6 +140,15 @@ def generate_images(
                 x = _mean_or_sample(model.decode(z.to(device)), what, noise_seed, device)
             yield fid.to_uint8(x.reshape(b, *shape)).cpu()
             done += b
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """The model in evaluation mode inside, its own mode restored after (also on an error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
     finally:
         model.train(was_training)
 
