@@ -301,7 +301,7 @@ def test_failed_cholesky_says_what_happened():
 def test_a_learned_scalar_eps_gets_the_dense_gradient():
     """The `sos_learned_eps` head: one learned ε·I for all pixels, its log-likelihood and its gradient
     equal to the dense float64 N(μ, PPᵀ + εI)'s; frozen with the variance heads during pre-training."""
-    from sosvae_core.observations.lowrank import LowRankHead
+    from sosvae_core.observations.sos import LowRankHead
     torch.manual_seed(0)
     head = LowRankHead(4, 1, rank=3, eps=1e-2, learn_eps=True).double()
     torch.nn.init.normal_(head.factor.weight, std=0.3)

@@ -1,7 +1,8 @@
 """Observation models p(y | z): one module per model, each a distribution and its decoder head.
 
-    lowrank   N(μ, PPᵀ + εI), SOS-VAE (Section 3); its Appendix A ablation; Section 4.5's
-              distribution-only model
+    lowrank   N(μ, PPᵀ + D), SOS-VAE's likelihood (Section 3); its algebra in woodbury
+    sos       the models built on it: SOS-VAE's head, its Appendix A ablation, a learned ε,
+              Section 4.5's distribution-only model
     diagonal  N(μ, diag(σ²)), the β-VAE baseline (Section 4.1)
     dorta     N(μ, (LLᵀ)⁻¹) with a sparse Cholesky factor, Dorta et al. 2018 (Section 4.3);
               its solvers (wavefront, selected inversion, banded conditioning) in dorta_solvers
@@ -21,19 +22,20 @@ Dorta et al.'s a `BandedPrecisionNormal` (the precision's sub-block).
 """
 from __future__ import annotations
 
-from . import base, diagonal, dorta, dorta_solvers, kl, laplace, lowrank  # kl: registers kl_divergence for the Gaussians
+from . import base, diagonal, dorta, dorta_solvers, kl, laplace, lowrank, sos, woodbury  # kl: registers kl_divergence for the Gaussians
 from .base import ObservationDistribution, ObservationModel
 from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
 from .dorta import BandedPrecisionNormal, SparsePrecisionHead, SparsePrecisionNormal
-from .lowrank import CapacitanceError, DistributionOnly, LowRankHead, LowRankNormal
+from .lowrank import CapacitanceError, LowRankNormal
+from .sos import DistributionOnly, LowRankHead
 
 REGISTRY = {m.name: m for m in (
-    lowrank.SOS,
+    sos.SOS,
     diagonal.BETA,
     dorta.DORTA,
-    lowrank.DISTRIBUTION,
-    lowrank.SOS_LEARNED_DIAG,
-    lowrank.SOS_LEARNED_EPS,
+    sos.DISTRIBUTION,
+    sos.SOS_LEARNED_DIAG,
+    sos.SOS_LEARNED_EPS,
     laplace.LAPLACE,
 )}
 
@@ -51,7 +53,7 @@ def label(name: str) -> str:
 
 
 __all__ = [
-    "base", "lowrank", "diagonal", "dorta", "dorta_solvers", "laplace", "kl",  # the modules (the API reference documents each)
+    "base", "lowrank", "woodbury", "sos", "diagonal", "dorta", "dorta_solvers", "laplace", "kl",  # the modules (the API reference documents each)
     "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",

@@ -1,4 +1,4 @@
-"""Observation distributions of SOS-VAE (paper Section 3).
+"""The SOS-VAE likelihood, N(μ, PPᵀ + D) over images, as a torch Distribution (paper Section 3).
 
 An image y with S = C·H·W pixels (flattened in C, H, W order) is modelled as
 
@@ -10,264 +10,32 @@ Equivalently (eq. 4) a sample is
 
     y = μ + P ω_p + √D ω_d,   ω_p ~ N(0, I_R),  ω_d ~ N(0, I_S),
 
-and everything below is O(S·R²): the S × S matrix Σ is never formed. With the capacitance
-C = I + Pᵀ D⁻¹ P (R × R) and its Cholesky factor L (Woodbury, determinant lemma):
+and everything is O(S·R²): the S × S matrix Σ is never formed. With the capacitance
+C = I + Pᵀ D⁻¹ P (R × R) and its Cholesky factor L (Woodbury, determinant lemma; the
+algebra and its gradients are in `woodbury`):
 
     log N(y; μ, Σ) = −½ (S log 2π + log|C| + log|D| + rᵀΣ⁻¹r),   r = y − μ,
     rᵀΣ⁻¹r = min_ω ‖r − Pω‖²_{D⁻¹} + ‖ω‖²   at ω* = C⁻¹ Pᵀ D⁻¹ r,
     H = S/2 (1 + log 2π) + ½ (log|C| + log|D|).
 
-The R-sized reductions (PᵀD⁻¹P, PᵀD⁻¹r) are accumulated in float64 whatever the dtype of
-P, and the R×R algebra runs in float64; the S-sized work runs in P's dtype.
+Editing (eqs. 6–7) conditions on edited pixels y₂ = b through the same R × R algebra:
+the mean μ₁ + P₁ω* and, whole, a LowRankNormal over the unedited pixels again.
 
-`LowRankHead` predicts μ and P from the decoder's features (SOS-VAE, and with a learned
-D the unstabilised ablation of Appendix A); `DistributionOnly` is Section 4.5's single
-N(μ, PPᵀ + εI) with no network.
+The heads that predict μ and P from a decoder's features (SOS-VAE, App. A's learned
+diagonal) and Section 4.5's single N(μ, PPᵀ + εI) are in `sos`.
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.distributions import constraints
 
-from .base import (LOG_2PI, ObservationDistribution, ObservationModel, broadcast_batch, check_finite,
-                   check_tensors, flat_mask, inverse_softplus, tiny_conv)
+from .base import LOG_2PI, ObservationDistribution, broadcast_batch, check_finite, check_tensors, flat_mask
+from .woodbury import CapacitanceError, Gram64, WoodburyTerms, log_det, mahalanobis_terms, woodbury
 
-__all__ = [
-    "CapacitanceError",
-    "LowRankNormal",
-    "LowRankHead",
-    "DistributionOnly",
-]
-
-# the float32 sums over S behind PᵀP and Pᵀr run over blocks of this many rows, and the
-# blocks are added in float64: one float32 sum over all S = 116,412 rows of CelebA is what
-# loses accuracy (the capacitance of nearly parallel columns stops being positive definite
-# at ε = 1e-5); a few large blocks cost no more than one product
-_BLOCK_ROWS = 8192
-# a P this small (float64 entries) is converted whole, so that its products are exact
-_EXACT_ELEMENTS = 1 << 20
-
-Scalar = Union[float, torch.Tensor]  # ε: a Python float or a 0-d tensor
-
-# Linux's madvise(2), to put a large fresh gradient on huge pages: writing 290 MB of new memory
-# in 4 KiB pages costs ~70,000 page faults, as long as the product that fills it (benchmarks/)
-_MADV_HUGEPAGE, _HUGE_PAGE, _ADVISED_BYTES = 14, 2 << 20, 16 << 20
-try:
-    _madvise = ctypes.CDLL(None, use_errno=True).madvise if sys.platform.startswith("linux") else None
-except (OSError, AttributeError):
-    _madvise = None
-if _madvise is not None:
-    _madvise.argtypes, _madvise.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
-
-
-class CapacitanceError(RuntimeError):
-    """The R×R capacitance matrix I + Pᵀ D⁻¹ P could not be Cholesky-factorised."""
-
-
-@torch.library.custom_op("sosvae::checked_cholesky", mutates_args=())
-def _checked_cholesky(tril: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
-    """cholesky_ex's factor, or CapacitanceError where it failed. An operator of its own, so
-    that torch.compile runs the check (a branch on the data) inside its graph, unbroken."""
-    if (info != 0).any():
-        bad = int((info != 0).nonzero()[0, 0]) if info.dim() else 0
-        raise CapacitanceError(
-            f"Cholesky of the {tril.shape[-1]}×{tril.shape[-1]} capacitance "
-            f"I + Pᵀ D⁻¹ P failed (batch element {bad}): it is not positive definite, which "
-            f"means cov_factor or cov_diag hold huge or non-finite values; lower the learning "
-            f"rate or raise the diagonal ε"
-        )
-    return tril.clone()  # an operator's output may not alias its input
-
-
-@_checked_cholesky.register_fake
-def _(tril, info):
-    return torch.empty_like(tril)
-
-
-_checked_cholesky.register_autograd(lambda ctx, grad: (grad, None))
-
-
-def _cholesky(capacitance: torch.Tensor) -> torch.Tensor:
-    return _checked_cholesky(*torch.linalg.cholesky_ex(capacitance))
-
-
-def _cross64(P: torch.Tensor, y: Optional[torch.Tensor], with_gram: bool):
-    """(PᵀP or None, Pᵀy or None) in float64, for P (..., S, R) and y (..., S).
-
-    A small P is converted to float64 first (a product of two float32 numbers is exact in
-    float64); a large one is summed in float32 over blocks of _BLOCK_ROWS rows, and the
-    blocks in float64, which costs no more than one float32 product and needs no float64
-    copy of P (S·R·8 bytes).
-    """
-    if P.dtype == torch.float64 and (y is None or y.dtype == torch.float64):
-        return (P.mT @ P if with_gram else None,
-                None if y is None else (P.mT @ y.unsqueeze(-1)).squeeze(-1))
-    exact = P.numel() <= _EXACT_ELEMENTS
-    rows = P.shape[-2] if exact else _BLOCK_ROWS
-    gram = proj = None
-    for start in range(0, P.shape[-2], rows):
-        block = P[..., start:start + rows, :]
-        block = block.double() if exact else block
-        if with_gram:
-            g = (block.mT @ block).double()
-            gram = g if gram is None else gram.add_(g)
-        if y is not None:
-            y_block = y[..., start:start + rows].to(block.dtype)
-            p = (y_block.unsqueeze(-2) @ block).squeeze(-2).double()  # yᵀP: half the time of Pᵀy
-            proj = p if proj is None else proj.add_(p)
-    return gram, proj
-
-
-class _Gram64(torch.autograd.Function):
-    """(PᵀP, Pᵀy) in float64 (see _cross64), with the gradients written out:
-
-        ∂/∂P: G ↦ P (G + Gᵀ) + y gᵀ,   ∂/∂y: g ↦ P g   (G, g: the incoming gradients),
-
-    in differentiable ops, so that second derivatives work. Autograd through the blocks
-    would keep a float64 copy of each alive for the backward pass.
-    """
-
-    @staticmethod
-    def forward(ctx, P, y, with_gram):
-        ctx.save_for_backward(P, y)
-        return _cross64(P, y, with_gram)
-
-    @staticmethod
-    def backward(ctx, g_gram, g_proj):
-        P, y = ctx.saved_tensors
-        g_P = g_y = None
-        if ctx.needs_input_grad[0]:
-            g_P = 0 if g_gram is None else P @ (g_gram + g_gram.mT).to(P.dtype)
-            if g_proj is not None:
-                g_P = g_P + _outer_sum(y.to(P.dtype), g_proj.to(P.dtype), P.dim() - 2)
-        if ctx.needs_input_grad[1] and g_proj is not None:
-            g_y = (P @ g_proj.to(P.dtype).unsqueeze(-1)).squeeze(-1)
-        return g_P, g_y, None
-
-
-def _outer_sum(y: torch.Tensor, g: torch.Tensor, batch_dims: int) -> torch.Tensor:
-    """Σ y gᵀ over the leading dimensions of y (..., S) and g (..., R) beyond the last
-    `batch_dims` (the samples of a broadcast log_prob): (*batch, S, R), without an
-    S × R matrix per sample."""
-    y = y.expand(g.shape[:-1] + y.shape[-1:])
-    extra = y.dim() - 1 - batch_dims
-    if extra <= 0:
-        return y.unsqueeze(-1) * g.unsqueeze(-2)
-    return torch.einsum("n...s,n...r->...sr", y.flatten(0, extra - 1), g.flatten(0, extra - 1))
-
-
-def _woodbury(r: Optional[torch.Tensor], P: torch.Tensor, eps: Scalar):
-    """For Σ = PPᵀ + εI: (L, ω*, u) with L the Cholesky factor of C = I + PᵀP/ε (float64),
-    ω* = C⁻¹Pᵀr/ε (float64) and u = r − Pω* (r's dtype); ω* and u are None without r.
-
-    A learned diagonal D reaches it whitened, Σ = D^½ (P̃P̃ᵀ + I) D^½ with P̃ = D^-½P,
-    r̃ = D^-½r and ε = 1, where C is unchanged (LowRankNormal._whitened).
-    """
-    gram, proj = _Gram64.apply(P, r, True)
-    eye = torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
-    tril = _cholesky(eye + gram / eps)
-    if r is None:
-        return tril, None, None
-    omega = torch.cholesky_solve((proj / eps).unsqueeze(-1), tril).squeeze(-1)
-    u = r - (omega.to(P.dtype).unsqueeze(-2) @ P.mT).squeeze(-2)  # ω*ᵀPᵀ: faster than Pω* for a row-major P
-    return tril, omega, u
-
-
-def _empty(shape, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor; on Linux, one of _ADVISED_BYTES or more is advised onto huge
-    pages before its first write (the advice is only that: where the kernel has none, 4 KiB)."""
-    t = like.new_empty(shape)
-    nbytes = t.numel() * t.element_size()
-    if _madvise is not None and t.device.type == "cpu" and nbytes >= _ADVISED_BYTES:
-        start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-        end = (t.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-        _madvise(start, end - start, _MADV_HUGEPAGE)
-    return t
-
-
-def _times(P: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """P @ M for P (..., S, R), laid out in memory as P is (row-major, or column-major as the
-    heads make it), so that a gradient meets its tensor without a transposing copy. Outside
-    autograd (a first derivative) and torch.compile, written into a fresh `_empty`."""
-    column_major = P.mT.is_contiguous() and not P.is_contiguous()
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return (M.mT @ P.mT).mT if column_major else P @ M
-    shape = torch.broadcast_shapes(P.shape[:-2], M.shape[:-2]) + P.shape[-2:]
-    if column_major:
-        return torch.matmul(M.mT, P.mT, out=_empty(shape[:-2] + shape[-2:][::-1], P)).mT
-    return torch.matmul(P, M, out=_empty(shape, P))
-
-
-def _add_outer(out: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """out += u wᵀ in place, for out (..., S, R), u (..., S), w (..., 1, R): with one batch
-    dimension a product of depth one (baddbmm_, faster than addcmul_ at large S), else addcmul_."""
-    if (out.dim(), u.dim(), w.dim()) == (3, 2, 3) and out.shape[0] == u.shape[0] == w.shape[0]:
-        return out.baddbmm_(u.unsqueeze(-1), w)
-    return out.addcmul_(u.unsqueeze(-1), w)
-
-
-def _mahalanobis_terms(u: torch.Tensor, omega: torch.Tensor, eps: Scalar) -> torch.Tensor:
-    """rᵀΣ⁻¹r = ‖u‖²/ε + ‖ω*‖² (float64), the Woodbury minimum at ω*."""
-    return (u * u).sum(-1).double() / eps + (omega * omega).sum(-1)
-
-
-def _log_det(tril: torch.Tensor) -> torch.Tensor:
-    return 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
-
-class _WoodburyTerms(torch.autograd.Function):
-    """rᵀΣ⁻¹r and log|C| for Σ = PPᵀ + εI, with hand-derived gradients.
-
-    Forward: _woodbury, maha = ‖u‖²/ε + ‖ω*‖². Backward (ω* is a minimiser, so its own
-    variation drops out):
-        ∂maha/∂r = 2u/ε,   ∂maha/∂P = −2 u ω*ᵀ/ε,   ∂maha/∂ε = −‖u‖²/ε²,
-        ∂log|C|/∂P = 2 P C⁻¹/ε,   ∂log|C|/∂ε = (tr C⁻¹ − R)/ε.
-    This reads P twice in the forward pass and once in the backward, where autograd
-    through the same expression makes several more full S×R temporaries; see benchmarks/.
-    The gradients are differentiable ops of (u, ω*, L); when a second derivative is asked
-    for (create_graph), these are recomputed with autograd on, so that how u, ω* and L move
-    with r, P and ε is part of it.
-    """
-
-    @staticmethod
-    def forward(ctx, r, P, eps):
-        tril, omega, u = _woodbury(r, P, eps)
-        if isinstance(eps, torch.Tensor):
-            ctx.save_for_backward(r, P, u, omega, tril, eps)
-        else:
-            ctx.save_for_backward(r, P, u, omega, tril)
-        ctx.eps = eps
-        return _mahalanobis_terms(u, omega, eps), _log_det(tril)
-
-    @staticmethod
-    def backward(ctx, g_maha, g_log_det):
-        r, P, u, omega, tril, *eps = ctx.saved_tensors
-        eps = eps[0] if eps else ctx.eps
-        if torch.is_grad_enabled():  # create_graph: the second derivative sees u, ω*, L move
-            tril, omega, u = _woodbury(r, P, eps)
-        needs_r, needs_P, needs_eps = ctx.needs_input_grad
-        g_r = g_P = g_eps = None
-        if needs_r:
-            g_r = (2 / eps) * g_maha.to(u.dtype).unsqueeze(-1) * u
-        if needs_P or needs_eps:
-            eye = torch.eye(P.shape[-1], dtype=torch.float64, device=P.device)
-            c_inv = torch.cholesky_solve(eye.expand_as(tril), tril)
-        if needs_P:
-            M = ((2 / eps) * g_log_det.unsqueeze(-1).unsqueeze(-1) * c_inv).to(P.dtype)
-            w = ((-2 / eps) * g_maha.unsqueeze(-1).unsqueeze(-1) * omega.unsqueeze(-2)).to(P.dtype)
-            g_P = _add_outer(_times(P, M), u.to(P.dtype), w)  # in place: no second S×R temporary
-        if needs_eps:
-            d_maha = -(u * u).sum(-1).double() / eps ** 2
-            d_log_det = (c_inv.diagonal(dim1=-2, dim2=-1).sum(-1) - P.shape[-1]) / eps
-            g_eps = (g_maha * d_maha + g_log_det * d_log_det).sum().to(eps.dtype)
-        return g_r, g_P, g_eps
+__all__ = ["CapacitanceError", "LowRankNormal"]
 
 
 def _split_diag(cov_diag, loc: torch.Tensor):
@@ -390,7 +158,7 @@ class LowRankNormal(ObservationDistribution):
         return self._diag if self._eps is None else self._eps
 
     def _whitened(self, r: Optional[torch.Tensor] = None, pixels: Optional[torch.Tensor] = None):
-        """(r, P, ε) for D = εI, else (D^-½r, D^-½P, 1): the arguments of _woodbury, for all
+        """(r, P, ε) for D = εI, else (D^-½r, D^-½P, 1): the arguments of woodbury, for all
         pixels or for the rows `pixels` of P and D (r is given for those only)."""
         P = self.cov_factor if pixels is None else self.cov_factor.index_select(-2, pixels)
         if self.fixed_diag:
@@ -415,7 +183,7 @@ class LowRankNormal(ObservationDistribution):
     @property
     def capacitance_tril(self) -> torch.Tensor:
         """Cholesky factor of the capacitance C = I + Pᵀ D⁻¹ P (float64, cached)."""
-        return self._lazy("_cap_tril", lambda: _woodbury(*self._whitened())[0])
+        return self._lazy("_cap_tril", lambda: woodbury(*self._whitened())[0])
 
     def _log_det_diag(self) -> torch.Tensor:
         if self._diag is not None:
@@ -426,13 +194,13 @@ class LowRankNormal(ObservationDistribution):
 
     def _log_det_cov(self) -> torch.Tensor:
         # matrix determinant lemma: log|PPᵀ + D| = log|C| + log|D|
-        return self._lazy("_log_det_cap", lambda: _log_det(self.capacitance_tril)) + self._log_det_diag()
+        return self._lazy("_log_det_cap", lambda: log_det(self.capacitance_tril)) + self._log_det_diag()
 
     def _mahalanobis(self, r: torch.Tensor) -> torch.Tensor:
         """rᵀΣ⁻¹r (float64) for residuals r (..., S) that broadcast with the batch."""
         r, P, eps = self._whitened(r)
-        _, omega, u = _woodbury(r, P, eps)
-        return _mahalanobis_terms(u, omega, eps)
+        _, omega, u = woodbury(r, P, eps)
+        return mahalanobis_terms(u, omega, eps)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log N(y; μ, PPᵀ + D), O(S·R²).
@@ -446,7 +214,7 @@ class LowRankNormal(ObservationDistribution):
         r = value - self.loc
         S = self.event_shape[0]
         if r.shape == self.loc.shape:  # one value per distribution: fused gradients
-            maha, log_det_cap = _WoodburyTerms.apply(*self._whitened(r))
+            maha, log_det_cap = WoodburyTerms.apply(*self._whitened(r))
             if self._log_det_cap is None and torch.is_grad_enabled():
                 self._log_det_cap = log_det_cap  # shared with entropy()
             log_det = log_det_cap + self._log_det_diag()
@@ -541,7 +309,7 @@ class LowRankNormal(ObservationDistribution):
         Columns of U whose singular value is zero are returned as zeros.
         """
         P = self.cov_factor
-        evals, V = torch.linalg.eigh(_Gram64.apply(P, None, True)[0])
+        evals, V = torch.linalg.eigh(Gram64.apply(P, None, True)[0])
         evals, V = evals.flip(-1), V.flip(-1)  # eigh sorts ascending
         s = evals.clamp_min(0).sqrt()
         tol = s[..., :1] * max(P.shape[-2:]) * torch.finfo(P.dtype).eps
@@ -580,7 +348,7 @@ class LowRankNormal(ObservationDistribution):
         if k == 0:
             return self.loc.clone()
         idx = mask.nonzero().squeeze(-1)
-        omega = _woodbury(*self._whitened(values - self.loc.index_select(-1, idx), idx))[1]
+        omega = woodbury(*self._whitened(values - self.loc.index_select(-1, idx), idx))[1]
         out = self.loc + (self.cov_factor @ omega.to(self.loc.dtype).unsqueeze(-1)).squeeze(-1)
         out = out.clone()
         out[..., idx] = values.to(out.dtype).expand(out.shape[:-1] + (k,))
@@ -616,7 +384,7 @@ class LowRankNormal(ObservationDistribution):
             return self.marginal(~mask)
         edited, rest = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
         r = values.to(self.loc) - self.loc.index_select(-1, edited)
-        tril, omega, _ = _woodbury(*self._whitened(r, edited))
+        tril, omega, _ = woodbury(*self._whitened(r, edited))
         P1 = self.cov_factor.index_select(-2, rest)
         loc = self.loc.index_select(-1, rest) + (P1 @ omega.to(P1.dtype).unsqueeze(-1)).squeeze(-1)
         # L₂⁻¹ has singular values ≤ 1 (C₂ ⪰ I): forming it in float64 loses nothing
@@ -655,82 +423,3 @@ def _low_rank_normal(loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag) -> L
     if R > S:
         cov_factor = torch.linalg.qr(cov_factor.mT)[1].mT
     return LowRankNormal(loc, cov_factor, cov_diag, validate_args=False)
-
-
-class LowRankHead(nn.Module):
-    """Features → N(μ, PPᵀ + D): D = εI (paper), a learned per-pixel softplus(·) + ε (App. A),
-    or a learned scalar ε·I (`learn_eps`: log ε is one parameter, starting at the given ε)."""
-
-    variance_prefixes = ("factor", "diag", "log_eps")
-    diagonal_prefixes = ("diag", "log_eps")  # on a log scale
-
-    def __init__(self, c_in: int, image_channels: int, rank: int = 25, eps: float = 1e-5,
-                 learn_diag: bool = False, learn_eps: bool = False):
-        super().__init__()
-        if learn_diag and learn_eps:
-            raise ValueError("learn_diag and learn_eps both learn the diagonal; choose one")
-        self.rank, self.eps, self.c = rank, eps, image_channels
-        self.mean = tiny_conv(c_in, image_channels, 0.5)
-        self.factor = tiny_conv(c_in, rank * image_channels, 0.0)
-        self.diag = tiny_conv(c_in, image_channels, inverse_softplus(eps)) if learn_diag else None
-        self.log_eps = nn.Parameter(torch.tensor(math.log(eps))) if learn_eps else None
-
-    def forward(self, h: torch.Tensor, validate: bool = False) -> LowRankNormal:
-        B = h.shape[0]
-        loc = self.mean(h).flatten(1)
-        # rank-major channels: component r is channels r·C … r·C + C − 1; flatten C, H, W
-        P = self.factor(h).reshape(B, self.rank, -1).transpose(1, 2)
-        if self.log_eps is not None:
-            diag = self.log_eps.exp()
-        else:
-            diag = self.eps if self.diag is None else F.softplus(self.diag(h)).flatten(1) + self.eps
-        return LowRankNormal(loc, P, diag, validate_args=validate)
-
-
-class DistributionOnly(nn.Module):
-    """Section 4.5: a single N(μ, PPᵀ + εI) over images, no network and no latent."""
-
-    def __init__(self, image_shape: Sequence[int], rank: int = 25, eps: float = 1e-5,
-                 init_std: float = 1e-3, seed: int = 0):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.kind, self.rank, self.eps, self.latent_dim = "distribution", rank, eps, 0
-        S = math.prod(image_shape)
-        g = torch.Generator().manual_seed(seed)
-        self.loc = nn.Parameter(torch.full((S,), 0.5))
-        # a small random P breaks the symmetry between components (P = 0 is a saddle)
-        self.cov_factor = nn.Parameter(init_std * torch.randn(S, rank, generator=g))
-
-    def distribution(self, batch: int = 1) -> LowRankNormal:
-        S = self.loc.shape[0]
-        return LowRankNormal(self.loc.expand(batch, S), self.cov_factor.expand(batch, S, self.rank),
-                             self.eps, validate_args=False)
-
-    def decode(self, z: torch.Tensor, validate: bool = False) -> LowRankNormal:
-        return self.distribution(z.shape[0])
-
-    def variance_parameters(self):
-        return [self.cov_factor]
-
-    def diagonal_parameters(self):
-        return []
-
-    @torch.no_grad()
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> LowRankNormal:
-        return self.distribution(n)
-
-
-SOS = ObservationModel(
-    name="sos", label="SOS-VAE", entropy_bound=True,
-    head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps))
-# Appendix A's ablation: a learned diagonal, no entropy bound, variance heads released at full rate
-SOS_LEARNED_DIAG = ObservationModel(
-    name="sos_learned_diag", label="SOS-VAE, learned D (App. A)", warm_release=False,
-    head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps, learn_diag=True))
-# ours, not the paper's: the paper's likelihood with one learned ε for all pixels, under the entropy bound
-SOS_LEARNED_EPS = ObservationModel(
-    name="sos_learned_eps", label="SOS-VAE, learned ε", entropy_bound=True,
-    head=lambda c_in, image_shape, rank, eps, **_: LowRankHead(c_in, image_shape[0], rank, eps, learn_eps=True))
-DISTRIBUTION = ObservationModel(
-    name="distribution", label="distribution-only", entropy_bound=True, step_cost=0.1,
-    standalone=lambda image_shape, rank, eps, seed, **_: DistributionOnly(image_shape, rank, eps, seed=seed))
