@@ -19,8 +19,10 @@ The package in two layers. The library stands alone and imports nothing from the
   - `observations.kl`: closed-form `kl_divergence` between the Gaussian models and torch's.
 - `slerp` — spherical interpolation of the noise (eq. 8, Appendix D).
 - `networks` — the ResNet encoder and decoder for any C×H×W; the VAE takes its head from the registry.
-- `objective` — the constrained ELBO: KL ≤ ξ_KL, H ≤ ξ_H, the modified differential method of multipliers.
+- `objective` — the constrained ELBO: KL ≤ ξ_KL, H ≤ ξ_H, the modified differential method of multipliers;
+  `ObjectiveTerms`, a model's NLL, KL and entropy per image.
 - `train` — the `Trainer`: mean-only pre-training, exact resume, checkpoints, a NaN detector, DDP.
+- `checkpoints` — a run folder's config and checkpoint read and checked against the run asked for; the RNG states.
 - `metrics_log` — a run's metrics logs (whole rows only, cut back on resume) and its TensorBoard events.
 - `runs` — run folders: `run_name`, `get_or_train` (train once, then load), `load_run`, `read_metrics`.
 - `pool` — several runs trained at once on a CPU, each in a process of its own.

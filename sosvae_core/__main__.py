@@ -26,10 +26,10 @@ def _parse_overrides(pairs):
 
 def _resumed_config(args):
     """The config of the run folder `--resume` names, with the `--set` overrides that may change
-    on resume (train.RESUMABLE_FIELDS); any other override, or --config/--model/--profile/--run-dir,
+    on resume (checkpoints.RESUMABLE_FIELDS); any other override, or --config/--model/--profile/--run-dir,
     is refused by name."""
     from .runs import run_config
-    from .train import RESUMABLE_FIELDS, config_differences
+    from .checkpoints import RESUMABLE_FIELDS, config_differences
 
     given = [f"--{flag.replace('_', '-')}" for flag in ("config", "model", "profile", "run_dir")
              if getattr(args, flag) is not None]

@@ -27,7 +27,8 @@ from .data import DataError
 from .networks import build_model
 from .paths import DamagedFile, first_line, runs_root
 from .metrics_log import read_log
-from .train import Trainer, config_differences, read_checkpoint, read_config, select_device
+from .checkpoints import config_differences, read_checkpoint, read_config
+from .train import Trainer, select_device
 
 
 def data_identity(cfg: Config, data_root=None) -> dict:

@@ -16,7 +16,7 @@ flushed to disk before each checkpoint; a run that starts cuts them back to the 
 continues from (the checkpoint's step, or nothing), dropping the rows an interrupted
 process logged after its last checkpoint and a row cut short, so a step is never
 logged twice and the logs equal those of an uninterrupted run (`metrics_log`). Only `epochs` and the
-runtime-only fields (RESUMABLE_FIELDS) may differ from the folder's config.
+runtime-only fields (`checkpoints.RESUMABLE_FIELDS`) may differ from the folder's config.
 
 The learning rates are a LambdaLR schedule, one lambda per parameter group
 (`Trainer._learning_rate`): a function of the step and of the step that released the
@@ -53,21 +53,17 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from .configs import RUNTIME_FIELDS, Config, device_switches
+from .checkpoints import check_checkpoint, read_checkpoint, read_config, refuse_another_run, rng_state, set_rng_state
+from .configs import Config, device_switches
 from .data import to_float
 from .metrics_log import MetricsLog
 from .networks import build_model
-from .observations import CapacitanceError, get_observation_model
-from .objective import ConstraintConfig, Multipliers, lagrangian, standard_normal_kl
-from .paths import DamagedFile, atomic_file, first_line, folder_lock, os_error_message, read_json, write_json, write_text
+from .observations import CapacitanceError
+from .objective import ConstraintConfig, Multipliers, ObjectiveTerms, compiled, lagrangian
+from .paths import atomic_file, folder_lock, os_error_message, write_json, write_text
 
 PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
-
-
-# Fields a run folder's config may change on resume: how long it trains, and how fast it goes
-# or is evaluated. Every other field decides what is trained.
-RESUMABLE_FIELDS = ("epochs", *RUNTIME_FIELDS)
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,41 +72,6 @@ class TrainingDiverged(RuntimeError):
 
 class RunFolderError(RuntimeError):
     """A run folder could not be written (disk full, read-only); the message names the path and the fix."""
-
-
-def config_differences(saved: Config, asked: Config, ignore=RESUMABLE_FIELDS) -> str:
-    """The fields two configs disagree on, outside `ignore`, as 'name: saved there, asked here'; '' if none."""
-    a, b = saved.identity(), asked.identity()
-    return "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
-                     if k not in ignore and a.get(k) != b.get(k))
-
-
-def read_config(path) -> Config:
-    """The Config in a run folder's config.json; a damaged file raises DamagedFile naming it."""
-    fix = "delete it (checkpoint.pt holds the config too) or use another run folder"
-    data = read_json(path, fix)
-    try:
-        return Config.from_dict(data)
-    except (TypeError, ValueError, AttributeError) as err:
-        raise DamagedFile(f"{path} holds no valid config ({first_line(err)}); {fix}") from None
-
-
-def read_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint's state; an unreadable one raises DamagedFile naming it and the fix."""
-    open(path, "rb").close()  # failing to open it is an OSError (its path, permissions); failing to read it, damage
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise DamagedFile(f"checkpoint {path} is damaged ({first_line(err)}); delete it to train the run "
-                          f"again") from None
-    if not isinstance(state, dict) or not {"model", "config", "step", "epoch"} <= set(state):
-        raise DamagedFile(f"checkpoint {path} is not a sosvae_core checkpoint; delete it to train the run again")
-    return state
-
-
-def _describe(data: dict) -> str:
-    files = f" of {data['files']:,} images" if data.get("files") is not None else ""
-    return f"{data.get('dataset')}: {data.get('source')}{files}, fingerprint {data.get('fingerprint')}"
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -128,81 +89,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _rng_state(flip_gen: torch.Generator, device: torch.device) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state(), "flip": flip_gen.get_state()}
-    if device.type == "cuda":  # the training device's only: under torchrun every rank
-        state["cuda"] = torch.cuda.get_rng_state(device)  # resumes it onto its own GPU
-    return state
-
-
-def _set_rng_state(state: dict, flip_gen: torch.Generator, device: torch.device) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    flip_gen.set_state(state["flip"])
-    if "cuda" in state and device.type == "cuda":
-        if isinstance(state["cuda"], list):  # older checkpoints: every device's state
-            torch.cuda.set_rng_state_all(state["cuda"])
-        else:
-            torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def mean_variance(obs) -> torch.Tensor:
-    """Average per-pixel variance (a 0-d tensor), NaN where it is not cheap (the Dorta model's)."""
-    nan = torch.full((), float("nan"), device=obs.loc.device)
-    if getattr(obs, "variance_is_expensive", False):
-        return nan
-    try:
-        with torch.no_grad():
-            return obs.variance.mean()
-    except NotImplementedError:
-        return nan
-
-
-class ObjectiveTerms(torch.nn.Module):
-    """x → (NLL, KL, entropy) per image, and the mean per-pixel variance (`mean_variance`),
-    or with `distribution=True` the observation model itself instead.
-
-    A module of its own so that DistributedDataParallel sees tensor outputs; a training
-    step takes the variance, so that a compiled step returns tensors only (the
-    distribution's views of the heads' outputs cannot leave a compiled graph); evaluation
-    reads the distribution (its mean). The
-    networks may run under bf16 autocast; the likelihood always runs in float32.
-    Under data parallelism every rank draws the posterior noise of the whole global
-    batch and keeps its own rows (rank, rank + world, ...: the rows the sampler gave
-    it), so that each image gets the z that one process would have drawn for it.
-    """
-
-    def __init__(self, model: torch.nn.Module, kind: str, amp: bool = False, rank: int = 0, world: int = 1):
-        super().__init__()
-        self.model, self.kind, self.amp = model, kind, amp
-        self.latent = get_observation_model(kind).latent
-        self.rank, self.world = rank, world
-
-    def forward(self, x: torch.Tensor, distribution: bool = False):
-        if not self.latent:  # a model that is its own distribution: no encoder, no KL
-            obs, kl = self.model.distribution(x.shape[0]), None
-        else:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                q = self.model.encode(x)
-                # validation runs on rank 0 alone, so it draws for its own batch only
-                rank, world = (self.rank, self.world) if self.model.training else (0, 1)
-                noise = torch.randn((x.shape[0] * world, q.loc.shape[-1]), dtype=q.loc.dtype,
-                                    device=q.loc.device)[rank::world]
-                obs = self.model.decode(q.loc + noise * q.scale)  # = q.rsample() when world = 1
-            kl = standard_normal_kl(q).float()
-        nll, entropy = -obs.log_prob(x.flatten(1).float()), obs.entropy()
-        return nll, kl, entropy, obs if distribution else mean_variance(obs)
-
-
-def compiled(module: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile of a training step's forward pass. Its random draws (the posterior noise)
-    come from torch's generator as in eager mode (inductor's own would differ), so a compiled
-    step equals the eager one to float rounding and resumes from the checkpointed RNG state."""
-    return torch.compile(module, options={"fallback_random": True, "layout_optimization": False})
 
 
 class Trainer:
@@ -348,7 +234,7 @@ class Trainer:
                 "pretrain_done": self.pretrain_done, "pretrain_val_nll": self.pretrain_val_nll,
                 "release_step": self.release_step,
                 "step": self.step, "step_in_epoch": self.step_in_epoch,
-                "wall_time": self.wall_time, "rng": _rng_state(self.flip_gen, self.device),
+                "wall_time": self.wall_time, "rng": rng_state(self.flip_gen, self.device),
                 "image_shape": list(self.image_shape),
                 "config": json.loads(self.cfg.to_json()), "data": self.data_identity}
 
@@ -366,7 +252,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         state = read_checkpoint(self.checkpoint_path, self.device)
-        self._check_checkpoint(state)
+        check_checkpoint(state, self.cfg, self.run_dir, self.data_identity)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.multipliers.load_state_dict(state["multipliers"])
@@ -376,31 +262,8 @@ class Trainer:
         self.pretrain_val_nll = state.get("pretrain_val_nll")
         self.release_step = state.get("release_step")
         self.schedule.last_epoch = self.step  # the schedule's position is the step (older checkpoints too)
-        _set_rng_state(state["rng"], self.flip_gen, self.device)
+        set_rng_state(state["rng"], self.flip_gen, self.device)
         return True
-
-    def _check_checkpoint(self, state: dict) -> None:
-        try:
-            saved = Config.from_dict(state["config"])
-        except (TypeError, ValueError) as err:
-            raise DamagedFile(f"checkpoint {self.checkpoint_path} holds no valid config ({first_line(err)}); "
-                              f"delete it to train the run again") from None
-        self._refuse_another_run(saved)
-        if state["epoch"] > self.cfg.epochs:
-            raise ValueError(f"the run in {self.run_dir} has trained {state['epoch']} epochs, more than "
-                             f"epochs={self.cfg.epochs}; ask for epochs={state['epoch']} or more")
-        known = state.get("data"), self.data_identity
-        if None not in known and known[0] != known[1]:
-            raise ValueError(f"the run in {self.run_dir} was trained on other data ({_describe(known[0])}) "
-                             f"than these ({_describe(known[1])}); resume it with the --data-root it was "
-                             f"trained on, or train a new run")
-
-    def _refuse_another_run(self, saved: Config) -> None:
-        """The folder's run must be this one, but for RESUMABLE_FIELDS."""
-        differ = config_differences(saved, self.cfg)
-        if differ:
-            raise ValueError(f"the run folder {self.run_dir} holds another run ({differ}); use another run "
-                             f"folder, or continue that run with --resume {self.run_dir}")
 
     # -- one step --------------------------------------------------------------------
 
@@ -527,7 +390,7 @@ class Trainer:
         """Check the folder's run against this one, restore its checkpoint (with `resume`), then
         claim the folder: the logs cut back to that state, the config written, unfinished again."""
         if self.is_main and (self.run_dir / "config.json").exists():  # before anything in it is written
-            self._refuse_another_run(read_config(self.run_dir / "config.json"))
+            refuse_another_run(read_config(self.run_dir / "config.json"), self.cfg, self.run_dir)
         if self.distributed:  # rank 0 holds the folder before any rank reads from it
             dist.barrier()
         if resume:

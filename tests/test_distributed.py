@@ -33,7 +33,8 @@ import torch
 from sosvae_core.configs import get_config
 from sosvae_core.data import load_splits
 from sosvae_core.networks import build_model
-from sosvae_core.train import ObjectiveTerms, Trainer
+from sosvae_core.objective import ObjectiveTerms
+from sosvae_core.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_ddp_worker.py"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sosvae_core import metrics_log, train
+from sosvae_core import metrics_log
 from sosvae_core.__main__ import main as cli
 from sosvae_core.configs import get_config
 from sosvae_core.observations import REGISTRY
@@ -523,13 +523,13 @@ def test_every_model_compiles_to_the_eager_loss_and_gradients(model, lfw):
     # generation: the loss and every gradient are eager mode's, and only Dorta et al.'s sparse
     # solve (shapes that depend on the data) breaks the graph
     from torch._dynamo.utils import counters
-    from sosvae_core.objective import ConstraintConfig, Multipliers, lagrangian
+    from sosvae_core.objective import ConstraintConfig, Multipliers, ObjectiveTerms, lagrangian
     from sosvae_core.networks import build_model
     cfg = smoke(model, pretrain_epochs=0)
     x = lfw["train"].images[:cfg.batch_size].float() / 255
     torch.manual_seed(0)
     net = build_model(cfg, x.shape[1:])
-    terms = train.ObjectiveTerms(net, model)
+    terms = ObjectiveTerms(net, model)
     constraints = ConstraintConfig(cfg.target_kl, cfg.target_entropy(x.shape[1:]))
     torch._dynamo.reset()
     counters.clear()
