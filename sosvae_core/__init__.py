@@ -11,7 +11,9 @@ The package in two layers. The library stands alone and imports nothing from the
 - `observations` — one module per observation model, each its distribution and decoder head,
   and the registry:
   - `observations.base`: the shared noise interface (ω_p, ω_d), the heads' start, the checks, `ObservationModel`;
-  - `observations.lowrank`: the paper's `LowRankNormal` N(μ, PPᵀ + D), its head, the distribution-only model;
+  - `observations.lowrank`: the paper's `LowRankNormal` N(μ, PPᵀ + D), a torch Distribution;
+  - `observations.woodbury`: its O(S·R²) algebra (Woodbury, the determinant lemma) and their gradients;
+  - `observations.sos`: the models built on it: SOS-VAE's head, App. A's learned diagonal, a learned ε, the distribution-only model;
   - `observations.diagonal`: the β-VAE's N(μ, diag(σ²));
   - `observations.dorta`: Dorta et al. 2018, N(μ, (LLᵀ)⁻¹) with a sparse stencil Cholesky factor;
   - `observations.dorta_solvers`: its solvers: wavefront triangular solves, selected inversion, banded conditioning;
