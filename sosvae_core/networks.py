@@ -11,6 +11,7 @@ observation models (`sosvae_core.observations`): the low-rank head of SOS-VAE, t
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -173,13 +174,15 @@ class VAE(nn.Module):
         self.encoder = Encoder(image_shape, latent_dim, channels, blocks, norm)
         self.decoder = DecoderBody(image_shape, latent_dim, channels, blocks, norm, upsample, head_channels)
         self.head = make_head(kind, self.decoder.out_channels, image_shape, rank, eps, stencil)
+        self._inference_body = None  # the decoder body compiled for evaluation (`compiled_decoders`)
 
     def encode(self, x: torch.Tensor) -> Normal:
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor, validate: bool = False):
         """z (B, latent) → the observation distribution over flattened images (B, S)."""
-        h = self.decoder(z)
+        fast = getattr(self, "_inference_body", None) is not None and not torch.is_grad_enabled() and not self.training
+        h = self._inference_body(z) if fast else self.decoder(z)
         with torch.autocast(h.device.type, enabled=False):  # the likelihood stays float32
             return self.head(h.float(), validate=validate)
 
@@ -202,6 +205,25 @@ class VAE(nn.Module):
     def sample_prior(self, n: int, generator: torch.Generator | None = None):
         """p(x | z) for n codes z from the prior (`prior_codes`)."""
         return self.decode(prior_codes(self.latent_dim, n, generator).to(model_device(self)))
+
+
+@contextmanager
+def compiled_decoders(model: nn.Module):
+    """Within this block, every VAE in `model` decodes through its decoder body compiled for
+    evaluation: torch.compile with freezing, which folds batch normalisation into the
+    convolutions and treats the weights as constants. It applies in evaluation mode under
+    no_grad (elsewhere the eager decoder runs), its decodes equal the eager ones to float32
+    rounding, and it pays where one model decodes many codes (the K-sample bound: about
+    2.5× on a CPU, benchmarks/README.md). Each new batch size compiles once, a few seconds.
+    The weights are read when it compiles: do not change them inside the block."""
+    vaes = [m for m in model.modules() if isinstance(m, VAE)]
+    for vae in vaes:
+        vae._inference_body = torch.compile(vae.decoder.forward, dynamic=False, options={"freezing": True})
+    try:
+        yield model
+    finally:
+        for vae in vaes:
+            vae._inference_body = None
 
 
 def build_model(cfg, image_shape) -> nn.Module:

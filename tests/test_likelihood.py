@@ -170,3 +170,29 @@ def test_with_diagonal_keeps_the_wrapped_models_mode():
     wrapped.train(was_training)
     assert not inner.training
     assert likelihood.WithDiagonal(inner.train(), 1e-3).training
+
+
+@pytest.mark.parametrize("kind", ["beta", "sos"])
+def test_the_compiled_decoder_gives_the_eager_bound_and_leaves_no_trace(kind):
+    from sosvae_core.networks import VAE, compiled_decoders
+
+    torch.manual_seed(0)
+    model = VAE((3, 12, 10), kind, latent_dim=4, rank=3, eps=1e-3, channels=(8, 16), blocks=1)
+    for m in model.modules():  # batch statistics unlike the initial ones, so that folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(5, 3, 12, 10)
+    eager = likelihood.evaluate(model, x, k=6, seed=2, batch_size=2)
+    compiled = likelihood.evaluate(model, x, k=6, seed=2, batch_size=2, compile=True)
+    assert compiled["bits_per_dim"] == pytest.approx(eager["bits_per_dim"], rel=1e-5)
+    assert compiled["elbo_bits_per_dim"] == pytest.approx(eager["elbo_bits_per_dim"], rel=1e-5)
+    z = torch.randn(4, 4)
+    with torch.no_grad():
+        reference = model.decode(z).mean
+    with compiled_decoders(model):
+        assert model._inference_body is not None
+        with torch.no_grad():
+            torch.testing.assert_close(model.decode(z).mean, reference, rtol=1e-5, atol=1e-5)
+        assert model.decode(z).mean.requires_grad  # with gradients: the eager decoder, which has them
+    assert model._inference_body is None
