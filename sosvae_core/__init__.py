@@ -24,8 +24,9 @@ The package in two layers. The library stands alone and imports nothing from the
 - `objective` — the constrained ELBO: KL ≤ ξ_KL, H ≤ ξ_H, the modified differential method of multipliers;
   `ObjectiveTerms`, a model's NLL, KL and entropy per image.
 - `train` — the `Trainer`: mean-only pre-training, exact resume, checkpoints, a NaN detector, DDP.
+- `schedule` — mean-only pre-training and its end, the parameter groups by role, their learning rates.
 - `checkpoints` — a run folder's config and checkpoint read and checked against the run asked for; the RNG states.
-- `metrics_log` — a run's metrics logs (whole rows only, cut back on resume) and its TensorBoard events.
+- `metrics_log` — a run's metrics logs (whole rows only, cut back on resume), its TensorBoard events, the epoch's line.
 - `runs` — run folders: `run_name`, `get_or_train` (train once, then load), `load_run`, `read_metrics`.
 - `pool` — several runs trained at once on a CPU, each in a process of its own.
 - `data` — CelebA, 64×64 gray CelebA, brain slices, the bundled portraits and LFW faces:

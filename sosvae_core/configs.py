@@ -120,7 +120,7 @@ class Config:
     pretrain_epochs: int = 1  # mean-only pre-training (Section 3.3), at most this many epochs
     # stop pre-training early once, over the last 3 epochs, the validation NLL improved per
     # epoch by less than this fraction of the improvement since the first (levelled off);
-    # None: always the cap (Trainer._update_pretrain)
+    # None: always the cap (schedule.levelled_off)
     pretrain_min_improvement: Optional[float] = None
     batch_size: int = 25
     lr: float = 1e-4
@@ -129,11 +129,11 @@ class Config:
     # drifts there at a speed that grows with the learning rate (train.Trainer.evaluate).
     lr_after_pretrain: Optional[float] = None
     # after pre-training, the variance heads' learning rate ramps linearly from lr/W to lr over
-    # W = this many epochs of steps (0: released at full rate, as the paper; Trainer._learning_rate)
+    # W = this many epochs of steps (0: released at full rate, as the paper; schedule.learning_rate)
     release_warmup_epochs: float = 0.0
     # the learning rate of the per-pixel variance heads on a log scale (the β-VAE's variance, the
     # ablation's learned D, Dorta et al.'s log L_ii) is this multiple of the network's (1: as the
-    # paper); they start at ε and must travel ~8 nats of log-variance (Trainer._learning_rate)
+    # paper); they start at ε and must travel ~8 nats of log-variance (schedule.learning_rate)
     diagonal_lr_factor: float = 1.0
     seed: int = 0
     amp: bool = False

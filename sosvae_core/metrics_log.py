@@ -5,7 +5,8 @@ part-way leaves at most a row cut short, which `read_log` leaves out. The `Train
 them to disk (`MetricsLog.sync`) before each checkpoint, and a run that starts cuts them back
 to the state it continues from (`MetricsLog.cut`): the rows an interrupted process logged
 after its last checkpoint go, so a step is never logged twice and the logs equal those of an
-uninterrupted run. TensorBoard hides the same events (purge_step).
+uninterrupted run. TensorBoard hides the same events (purge_step). After each epoch the
+trainer prints `epoch_line`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .configs import Config
 from .paths import atomic_file
 
 KINDS = ("steps", "epochs")
@@ -131,3 +133,24 @@ class MetricsLog:
         if not (self.enabled and path.exists()):
             return rows
         return [r for r in read_log(path)[1] if float(r["epoch"]) == epoch]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def epoch_line(cfg: Config, epochs_done: int, summary: dict, pretrain: bool) -> str:
+    """One line per finished epoch: the losses, both multipliers, the time and the ETA.
+
+    summary: the epoch's averages as logged (wall_time is the run's training time so far)."""
+    def num(key, fmt):
+        v = summary.get(key)
+        return "—" if v is None or not math.isfinite(v) else format(v, fmt)
+    per_epoch = summary["wall_time"] / max(epochs_done, 1)
+    return (f"[{cfg.experiment}/{cfg.model}] epoch {epochs_done}/{cfg.epochs}" + (" (mean only)" if pretrain else "")
+            + f" · NLL {num('nll', '.5g')} (val {num('val_nll', '.5g')}) · mean MSE (val) {num('val_mean_mse', '.3g')}"
+            + f" · KL {num('kl', '.3g')}"
+            + f" · H {num('entropy', '.5g')} · λ_KL {num('lambda_kl', '.3g')} · λ_H {num('lambda_entropy', '.3g')}"
+            + f" · variance {num('mean_variance', '.3g')} · {_duration(per_epoch)}/epoch"
+            + f" · ETA {_duration(per_epoch * (cfg.epochs - epochs_done))}")

@@ -11,16 +11,12 @@ A run lives in one folder:
 Resuming restores model, optimiser, multipliers, epoch/step, every RNG and the data
 order (the epoch's permutation is re-derived from the seed, the consumed batches
 are skipped), so an interrupted CPU run ends with the same weights as one that
-was never interrupted. The metrics logs grow by one whole row per write and are
-flushed to disk before each checkpoint; a run that starts cuts them back to the state it
-continues from (the checkpoint's step, or nothing), dropping the rows an interrupted
-process logged after its last checkpoint and a row cut short, so a step is never
-logged twice and the logs equal those of an uninterrupted run (`metrics_log`). Only `epochs` and the
-runtime-only fields (`checkpoints.RESUMABLE_FIELDS`) may differ from the folder's config.
+was never interrupted. A run that starts cuts the metrics logs back to the state it
+continues from (the checkpoint's step, or nothing), so a step is never logged twice and the
+logs equal those of an uninterrupted run (`metrics_log`). Only `epochs` and the runtime-only
+fields (`checkpoints.RESUMABLE_FIELDS`) may differ from the folder's config.
 
-The learning rates are a LambdaLR schedule, one lambda per parameter group
-(`Trainer._learning_rate`): a function of the step and of the step that released the
-variance heads, both in the checkpoint, so a resumed run recomputes them from its step.
+Mean-only pre-training, its end and the learning rates of each phase are `schedule`'s.
 
 Distributed: under `torchrun`, ranks share the data with a DistributedSampler,
 rank 0 writes checkpoints and logs, and the constraint violations are all-reduced
@@ -45,7 +41,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -56,13 +51,13 @@ from tqdm.auto import tqdm
 from .checkpoints import check_checkpoint, read_checkpoint, read_config, refuse_another_run, rng_state, set_rng_state
 from .configs import Config, device_switches
 from .data import to_float
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, epoch_line
 from .networks import build_model
 from .observations import CapacitanceError
 from .objective import ConstraintConfig, Multipliers, ObjectiveTerms, compiled, lagrangian
 from .paths import atomic_file, folder_lock, os_error_message, write_json, write_text
+from .schedule import learning_rate, levelled_off, parameter_groups
 
-PLATEAU_WINDOW = 3  # epochs over which pre-training's validation gain is averaged
 VARIANCE_LIMIT = 1e4  # a per-pixel variance this large on [0, 1] images is an explosion
 
 
@@ -156,17 +151,12 @@ class Trainer:
         self.wall_time = 0.0
 
     def _build_optimizer(self) -> None:
-        """Adam over parameter groups by role: everything else ("network"), the variance heads
-        that mean-only pre-training freezes ("released"), and with a diagonal_lr_factor the
-        log-scale diagonal heads ("diagonal"); a LambdaLR schedule sets their rates."""
-        released = list(self.model.variance_parameters())
-        diagonal = list(self.model.diagonal_parameters()) if self.cfg.diagonal_lr_factor != 1 else []
-        released_ids, diagonal_ids = {id(p) for p in released}, {id(p) for p in diagonal}
-        roles = {"network": [p for p in self.model.parameters() if id(p) not in released_ids],
-                 "released": [p for p in released if id(p) not in diagonal_ids], "diagonal": diagonal}
-        self.group_roles = [role for role, params in roles.items() if params]
+        """Adam over the parameter groups by role (`schedule.parameter_groups`); a LambdaLR
+        schedule sets their rates."""
+        groups = parameter_groups(self.model, self.cfg.diagonal_lr_factor)
+        self.group_roles = list(groups)
         # a base rate of 1: LambdaLR multiplies it by each lambda, which so gives the rate itself, to the bit
-        self.optimizer = torch.optim.Adam([{"params": roles[r]} for r in self.group_roles], lr=1.0)
+        self.optimizer = torch.optim.Adam([{"params": params} for params in groups.values()], lr=1.0)
         self.schedule = LambdaLR(self.optimizer, [functools.partial(self._learning_rate, r) for r in self.group_roles])
 
     def _build_objective(self) -> None:
@@ -192,26 +182,8 @@ class Trainer:
     # -- the learning rates --------------------------------------------------------------
 
     def _learning_rate(self, role: str, n: int) -> float:
-        """The rate of group `role` in the n-th step (counted from 1; n = 0, before any, is
-        pre-training's): lr, or lr_after_pretrain once pre-training has ended; for the released
-        variance heads it ramps linearly over the first `release_warmup_epochs`.
-        Adam's first update of a parameter is ±lr whatever its gradient, so a head released
-        at full rate moves all R components by the same step, in the sign pattern of one
-        gradient: a single component over the whole image that the likelihood, whose pull on
-        a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py).
-        The log-scale diagonal heads (β-VAE variance, learned D, Dorta's log L_ii) run at
-        `diagonal_lr_factor` × that rate when it is set: each step moves their log-variance by
-        at most ~lr per input feature, and they start at ε, ~8 nats below a fitted variance."""
-        cfg = self.cfg
-        pretrain = self.release_step is None or n <= self.release_step
-        base = cfg.lr if pretrain or cfg.lr_after_pretrain is None else cfg.lr_after_pretrain
-        factor = 1.0
-        if not pretrain:
-            ramp = cfg.release_warmup_epochs * self.steps_per_epoch
-            if ramp > 0:
-                factor = min(1.0, (n - self.release_step) / ramp)
-        scale = {"network": 1.0, "released": factor, "diagonal": factor * cfg.diagonal_lr_factor}
-        return base * scale[role]
+        """The rate of group `role` in the n-th step (`schedule.learning_rate`), from this run's release."""
+        return learning_rate(self.cfg, role, n, self.release_step, self.steps_per_epoch)
 
     def _set_learning_rates(self, pretrain: bool) -> None:
         """Step the schedule to the coming step's rates. It steps before the optimiser: a step's
@@ -477,19 +449,13 @@ class Trainer:
         write_json(self.run_dir / "done.json", done, sort_keys=False)
 
     def _update_pretrain(self, val_nll: Optional[float]) -> None:
-        """End mean-only pre-training once the mean's validation NLL has levelled off:
-        over the last PLATEAU_WINDOW epochs it gained less per epoch than
-        `pretrain_min_improvement` times the gain since the first pre-training epoch
-        (a slow start does not end it, nor does one noisy epoch; a flat tail does).
-        `pretrain_epochs` is the cap."""
+        """End mean-only pre-training once the mean's validation NLL has levelled off
+        (`schedule.levelled_off`); `pretrain_epochs` is the cap."""
         tol = self.cfg.pretrain_min_improvement
         done = False
         if tol is not None and val_nll is not None and math.isfinite(val_nll):
-            history = (self.pretrain_val_nll or []) + [val_nll]
-            if len(history) > PLATEAU_WINDOW:
-                recent = (history[-1 - PLATEAU_WINDOW] - val_nll) / PLATEAU_WINDOW
-                done = recent < tol * (history[0] - val_nll)
-            self.pretrain_val_nll = history
+            self.pretrain_val_nll = (self.pretrain_val_nll or []) + [val_nll]
+            done = levelled_off(self.pretrain_val_nll, tol)
         if self.distributed:  # only rank 0 validates: every rank follows its decision
             flag = torch.tensor([float(done)], device=self.device if self.device.type == "cuda" else "cpu")
             dist.broadcast(flag, 0)
@@ -501,24 +467,3 @@ class Trainer:
         rows = self.logs.epoch_steps(self.epoch, rows)
         keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "wall_time")]
         return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def epoch_line(cfg: Config, epochs_done: int, summary: dict, pretrain: bool) -> str:
-    """One line per finished epoch: the losses, both multipliers, the time and the ETA.
-
-    summary: the epoch's averages as logged (wall_time is the run's training time so far)."""
-    def num(key, fmt):
-        v = summary.get(key)
-        return "—" if v is None or not math.isfinite(v) else format(v, fmt)
-    per_epoch = summary["wall_time"] / max(epochs_done, 1)
-    return (f"[{cfg.experiment}/{cfg.model}] epoch {epochs_done}/{cfg.epochs}" + (" (mean only)" if pretrain else "")
-            + f" · NLL {num('nll', '.5g')} (val {num('val_nll', '.5g')}) · mean MSE (val) {num('val_mean_mse', '.3g')}"
-            + f" · KL {num('kl', '.3g')}"
-            + f" · H {num('entropy', '.5g')} · λ_KL {num('lambda_kl', '.3g')} · λ_H {num('lambda_entropy', '.3g')}"
-            + f" · variance {num('mean_variance', '.3g')} · {_duration(per_epoch)}/epoch"
-            + f" · ETA {_duration(per_epoch * (cfg.epochs - epochs_done))}")

@@ -89,8 +89,8 @@ def test_the_fid_metric_imports_nothing_of_models_configs_training_data_or_runs(
         assert not any(m == f"sosvae_core.{other}" or m.startswith(f"sosvae_core.{other}.") for m in loaded)
 
 
-LIBRARY = ("observations", "networks", "objective", "slerp", "train", "checkpoints", "metrics_log", "runs", "pool",
-           "data", "portraits", "configs", "fid", "inception", "kid", "likelihood", "inpainting", "paths")
+LIBRARY = ("observations", "networks", "objective", "slerp", "train", "schedule", "checkpoints", "metrics_log", "runs",
+           "pool", "data", "portraits", "configs", "fid", "inception", "kid", "likelihood", "inpainting", "paths")
 PAPER_AND_APP = ("figures", "editing", "table1", "scorecard", "claims", "authors_figures", "timing", "tradeoffs",
                  "widgets", "notebook", "report", "runner")
 

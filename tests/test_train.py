@@ -17,8 +17,8 @@ from sosvae_core.configs import get_config
 from sosvae_core.observations import REGISTRY
 from sosvae_core.paths import folder_lock
 from sosvae_core.runs import get_or_train, load_run, read_metrics, run_name
-from sosvae_core.metrics_log import read_log
-from sosvae_core.train import Trainer, TrainingDiverged, epoch_line
+from sosvae_core.metrics_log import epoch_line, read_log
+from sosvae_core.train import Trainer, TrainingDiverged
 
 KILL_WORKER = Path(__file__).resolve().parent / "_kill_worker.py"
 
