@@ -16,7 +16,8 @@ The package in two layers. The library stands alone and imports nothing from the
   - `observations.sos`: the models built on it: SOS-VAE's head, App. A's learned diagonal, a learned ε, the distribution-only model;
   - `observations.diagonal`: the β-VAE's N(μ, diag(σ²));
   - `observations.dorta`: Dorta et al. 2018, N(μ, (LLᵀ)⁻¹) with a sparse stencil Cholesky factor;
-  - `observations.dorta_solvers`: its solvers: wavefront triangular solves, selected inversion, banded conditioning;
+  - `observations.dorta_solvers`: its solvers: wavefront triangular solves, selected inversion;
+  - `observations.banded`: its conditional given an edit, N(μ, Λ⁻¹) with a banded precision;
   - `observations.laplace`: independent Laplace pixels, an L1 baseline (not in the paper).
   - `observations.kl`: closed-form `kl_divergence` between the Gaussian models and torch's.
 - `slerp` — spherical interpolation of the noise (eq. 8, Appendix D).

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 from torch.distributions import Distribution, MultivariateNormal
 
+from sosvae_core.observations import banded
 from sosvae_core.observations import dorta_solvers as solvers
 from sosvae_core.observations.dorta import (
     MAX_DENSE_PIXELS,
@@ -349,7 +350,7 @@ def test_schur_band(case):
     mask = torch.rand(S, generator=g) < 0.3
     mask[1] = True
     values = torch.randn(B, int(mask.sum()), dtype=DT, generator=g)
-    band, rhs = solvers.schur_band(sp.coo_array(torch.block_diag(*lam).numpy()), loc, mask, values)
+    band, rhs = banded.schur_band(sp.coo_array(torch.block_diag(*lam).numpy()), loc, mask, values)
     a, b = ~mask, mask
     lam_aa, lam_ab = lam[:, a][:, :, a], lam[:, a][:, :, b]
     m, n_a = band.shape[1] - 1, int(a.sum())
@@ -375,7 +376,7 @@ def test_banded_variance(m):
                      for M in dense])
     chol = np.stack([sla.cholesky_banded(b, lower=False) for b in band])
     want = np.stack([np.diag(np.linalg.inv(M)) for M in dense])
-    np.testing.assert_allclose(solvers.banded_variance(chol), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(banded.banded_variance(chol), want, rtol=1e-12, atol=1e-14)
 
 
 # -- gradients -------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
               Section 4.5's distribution-only model
     diagonal  N(μ, diag(σ²)), the β-VAE baseline (Section 4.1)
     dorta     N(μ, (LLᵀ)⁻¹) with a sparse Cholesky factor, Dorta et al. 2018 (Section 4.3);
-              its solvers (wavefront, selected inversion, banded conditioning) in dorta_solvers
+              its solvers (wavefront, selected inversion) in dorta_solvers, its conditional
+              given an edit (a banded precision) in banded
     laplace   independent Laplace pixels, an L1 baseline (not in the paper)
 
 `REGISTRY` maps each config `model` name to its `ObservationModel`: the head, the label
@@ -22,10 +23,11 @@ Dorta et al.'s a `BandedPrecisionNormal` (the precision's sub-block).
 """
 from __future__ import annotations
 
-from . import base, diagonal, dorta, dorta_solvers, kl, laplace, lowrank, sos, woodbury  # kl: registers kl_divergence for the Gaussians
+from . import banded, base, diagonal, dorta, dorta_solvers, kl, laplace, lowrank, sos, woodbury  # kl: registers kl_divergence for the Gaussians
+from .banded import BandedPrecisionNormal
 from .base import ObservationDistribution, ObservationModel
 from .diagonal import DiagonalHead, DiagonalNormal, PixelIndependent
-from .dorta import BandedPrecisionNormal, SparsePrecisionHead, SparsePrecisionNormal
+from .dorta import SparsePrecisionHead, SparsePrecisionNormal
 from .lowrank import CapacitanceError, LowRankNormal
 from .sos import DistributionOnly, LowRankHead
 
@@ -53,7 +55,7 @@ def label(name: str) -> str:
 
 
 __all__ = [
-    "base", "lowrank", "woodbury", "sos", "diagonal", "dorta", "dorta_solvers", "laplace", "kl",  # the modules (the API reference documents each)
+    "base", "lowrank", "woodbury", "sos", "diagonal", "dorta", "dorta_solvers", "banded", "laplace", "kl",  # the modules (the API reference documents each)
     "REGISTRY", "get_observation_model", "label", "ObservationModel", "ObservationDistribution",
     "LowRankNormal", "LowRankHead", "DistributionOnly", "CapacitanceError",
     "PixelIndependent", "DiagonalNormal", "DiagonalHead",

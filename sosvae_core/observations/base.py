@@ -80,6 +80,17 @@ def flat_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     return mask
 
 
+def checked_edit(dist, mask: torch.Tensor, values: torch.Tensor):
+    """An edit of a flat batch (B, S) checked: (flat bool mask, values (B, k) detached, loc's dtype)."""
+    B, S = dist.loc.shape
+    mask = flat_mask(mask, S).to(dist.loc.device)
+    k = int(mask.sum())
+    if values.shape[-1] != k or values.dim() > 2 or (values.dim() == 2 and values.shape[0] != B):
+        raise ValueError(f"values must have shape (B, k) = ({B}, {k}) or (k,), got "
+                         f"{tuple(values.shape)}; k is the number of True pixels in mask")
+    return mask, values.detach().to(dist.loc).expand(B, k)
+
+
 class ObservationDistribution(Distribution):
     """Base of the observation distributions over flattened images (..., S).
 

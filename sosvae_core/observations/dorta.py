@@ -29,8 +29,9 @@ an S×S matrix (except the dense helpers for tests):
     conditional_mean       banded Cholesky of Λ_aa (LAPACK pbsv)      O(S·r²·W²), float64, no grad
     conditional            N(·, Λ_aa⁻¹) as a BandedPrecisionNormal    O(S·r²·W²), float64, no grad
 
-The solvers live in `observations.dorta_solvers`; this module holds the distributions,
-the decoder head and the registry entry.
+The solvers live in `observations.dorta_solvers`, the conditional given an edit (a
+`BandedPrecisionNormal`) in `observations.banded`; this module holds the distribution, the
+decoder head and the registry entry.
 
 Layout of `off_diag`: (B, C, n_off, H, W), with
 
@@ -52,20 +53,18 @@ import scipy.sparse as sp
 import torch
 from torch.distributions import constraints
 
-from .base import LOG_2PI, ObservationDistribution, ObservationModel, check_finite, check_tensors, flat_mask
-from .dorta_solvers import (_check_stencil, apply_Lt, banded_variance, dense_factor, factor_csr, num_off_diagonal,
-                            schur_band, scipy_solve_Lt, selected_variance, stencil_geometry, stencil_offsets,
-                            wavefront_solve)
+from .banded import BandedPrecisionNormal, conditioned, schur_band
+from .base import LOG_2PI, ObservationDistribution, ObservationModel, check_finite, check_tensors, checked_edit
+from .dorta_solvers import (MAX_DENSE_PIXELS, _check_stencil, apply_Lt, dense_factor, factor_csr, num_off_diagonal,
+                            scipy_solve_Lt, selected_variance, stencil_geometry, stencil_offsets, wavefront_solve)
 
 __all__ = [
     "SparsePrecisionNormal",
-    "BandedPrecisionNormal",
     "stencil_offsets",
     "num_off_diagonal",
     "MAX_DENSE_PIXELS",
     "SparsePrecisionHead",
 ]
-MAX_DENSE_PIXELS = 4096  # dense S×S helpers refuse bigger images (4096² float64 = 128 MiB)
 SAMPLERS = ("wavefront", "scipy")
 
 
@@ -263,7 +262,7 @@ class SparsePrecisionNormal(ObservationDistribution):
         mask: bool (S,) or (C, H, W), shared by the batch; values: (B, k) or (k,) in
         the flattened order of the masked pixels. Edited pixels equal `values`.
         """
-        mask, values = _edit(self, mask, values)
+        mask, values = checked_edit(self, mask, values)
         out = self.loc.detach().clone()
         out[:, mask] = values
         if 0 < int(mask.sum()) < self.num_pixels:
@@ -278,8 +277,8 @@ class SparsePrecisionNormal(ObservationDistribution):
         `BandedPrecisionNormal` over the unedited pixels a (flattened order): float64, detached,
         O(S·r²·W²) per image. Arguments as for `conditional_mean`.
         """
-        mask, values = _edit(self, mask, values)
-        return _conditioned(self._precision_coo(), self.loc, mask, values)
+        mask, values = checked_edit(self, mask, values)
+        return conditioned(self._precision_coo(), self.loc, mask, values)
 
     def _precision_coo(self) -> sp.coo_array:
         """Λ = LLᵀ for the whole batch, block diagonal (B·S)×(B·S), float64 COO."""
@@ -319,156 +318,6 @@ class SparsePrecisionNormal(ObservationDistribution):
         C, H, W = self.image_shape
         return (f"SparsePrecisionNormal(batch_shape={tuple(self.batch_shape)}, "
                 f"image={C}x{H}x{W}, stencil={self.stencil})")
-
-
-def _edit(dist, mask: torch.Tensor, values: torch.Tensor):
-    """An edit of a flat batch (B, S) checked: (flat bool mask, values (B, k) detached, loc's dtype)."""
-    B, S = dist.loc.shape
-    mask = flat_mask(mask, S).to(dist.loc.device)
-    k = int(mask.sum())
-    if values.shape[-1] != k or values.dim() > 2 or (values.dim() == 2 and values.shape[0] != B):
-        raise ValueError(f"values must have shape (B, k) = ({B}, {k}) or (k,), got "
-                         f"{tuple(values.shape)}; k is the number of True pixels in mask")
-    return mask, values.detach().to(dist.loc).expand(B, k)
-
-
-def _conditioned(lam: sp.coo_array, loc: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
-    """The conditional N(μ_a − Λ_aa⁻¹Λ_ab δ_b, Λ_aa⁻¹) of a precision Λ given an edit (`schur_band`)."""
-    if bool(mask.all()):
-        raise ValueError("the mask selects every pixel, so no pixel is left to condition; leave at "
-                         "least one pixel unedited")
-    band, rhs = schur_band(lam, loc, mask, values)
-    dist = BandedPrecisionNormal(loc.detach()[:, ~mask], band)
-    shift = np.stack([sla.cho_solve_banded((c, False), r, check_finite=False) for c, r in zip(dist._chol, rhs)])
-    dist.loc = dist.loc - torch.from_numpy(shift).to(dist.loc)
-    return dist
-
-
-class BandedPrecisionNormal(ObservationDistribution):
-    """N(μ, Λ⁻¹) with a banded symmetric precision Λ: the conditional of Dorta et al.'s model
-    given an edit (`SparsePrecisionNormal.conditional`), whose precision is a sub-block of LLᵀ.
-
-    Args:
-        loc: μ, (B, n).
-        band: Λ in LAPACK upper band storage, band[b, m + i − j, j] = Λ_b[i, j] for
-            0 ≤ j − i ≤ m, (B, m + 1, n), numpy float64.
-
-    With the banded Cholesky factor Λ = UᵀU (LAPACK pbtrf, O(n·m²)): log_prob and entropy
-    from log|Λ| = 2 Σ log U_ii and ‖U(x − μ)‖²; a sample μ + U⁻¹ω_d; the variance
-    diag(Λ⁻¹) by selected inversion inside the band (O(n·m²)). float64 in scipy, detached:
-    the results carry no gradient. batch_shape (B,), event_shape (n,).
-    """
-
-    def __init__(self, loc: torch.Tensor, band: np.ndarray):
-        check_tensors(loc=loc)
-        band = np.asarray(band, dtype=np.float64)
-        if loc.dim() != 2 or band.ndim != 3 or band.shape[0] != loc.shape[0] or band.shape[2] != loc.shape[1]:
-            raise ValueError(f"loc must be (B, n) and band (B, m + 1, n), got {tuple(loc.shape)} and "
-                             f"{band.shape}")
-        self.loc, self.band = loc.detach(), band
-        try:
-            self._chol = np.stack([sla.cholesky_banded(b, lower=False, check_finite=False) for b in band])
-        except np.linalg.LinAlgError:
-            raise ValueError("the banded precision is not positive definite; it must be a sub-block "
-                             "of a precision matrix LLᵀ") from None
-        self._init_shapes(torch.Size(loc.shape[:1]), torch.Size(loc.shape[1:]), validate_args=False)
-
-    @property
-    def bandwidth(self) -> int:
-        return self.band.shape[1] - 1
-
-    def _numpy(self, t: torch.Tensor) -> np.ndarray:
-        return t.detach().to("cpu", torch.float64).numpy()
-
-    def _torch(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.loc)
-
-    def log_det_precision(self) -> torch.Tensor:
-        return self._torch(2 * np.log(self._chol[:, -1]).sum(-1))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """½ log|Λ| − ½ ‖U(x − μ)‖² − n/2 · log 2π, value (..., B, n) → (..., B)."""
-        self._check_value(value)
-        r = self._numpy(value - self.loc)
-        m, Ur = self.bandwidth, np.zeros(np.broadcast_shapes(r.shape, self.loc.shape))
-        for d in range(m + 1):  # (Ur)_i = Σ_d U[i, i + d] r[i + d]
-            Ur[..., :r.shape[-1] - d] += self._chol[:, m - d, d:] * r[..., d:]
-        quad = self._torch((Ur * Ur).sum(-1))
-        return 0.5 * self.log_det_precision() - 0.5 * quad - 0.5 * self.event_shape[0] * LOG_2PI
-
-    def entropy(self) -> torch.Tensor:
-        return 0.5 * self.event_shape[0] * (1 + LOG_2PI) - 0.5 * self.log_det_precision()
-
-    def rsample(self, sample_shape: torch.Size = torch.Size(), omega_p: Optional[torch.Tensor] = None,
-                omega_d: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """μ + U⁻¹ω_d (so Cov = U⁻¹U⁻ᵀ = Λ⁻¹), one banded triangular solve per image; detached."""
-        _, omega_d = self._noise(sample_shape, omega_p, omega_d)
-        w = self._numpy(omega_d)
-        out = np.empty_like(w)
-        for b, chol in enumerate(self._chol):
-            rhs = w[..., b, :].reshape(-1, w.shape[-1]).T
-            out[..., b, :] = sla.solve_banded((0, self.bandwidth), chol, rhs, check_finite=False).T.reshape(
-                w[..., b, :].shape)
-        return self.loc + self._torch(out)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        """diag(Λ⁻¹) by selected inversion inside the band (`banded_variance`), n steps of O(m²)."""
-        return self._torch(banded_variance(self._chol))
-
-    def covariance_row(self, pixel_index: int) -> torch.Tensor:
-        """Cov(x_i, x) = Λ⁻¹e_i, one banded Cholesky solve per image."""
-        B, n = self.loc.shape
-        if not -n <= int(pixel_index) < n:
-            raise ValueError(f"pixel_index {pixel_index} is outside 0..{n - 1}")
-        e = np.zeros(n)
-        e[int(pixel_index) % n] = 1.0
-        return self._torch(np.stack([sla.cho_solve_banded((c, False), e, check_finite=False) for c in self._chol]))
-
-    def _precision_coo(self) -> sp.coo_array:
-        """Λ for the whole batch, block diagonal (B·n)×(B·n), from the band (both triangles)."""
-        B, n = self.loc.shape
-        m = self.bandwidth
-        d, j = np.nonzero(np.ones((m + 1, n), dtype=bool))
-        i = j - (m - d)
-        keep = i >= 0
-        d, i, j = d[keep], i[keep], j[keep]
-        shift = (np.arange(B) * n)[:, None]
-        vals = self.band[:, d, j]
-        rows = np.concatenate([i + shift, (j + shift)[:, i != j]], -1).ravel()
-        cols = np.concatenate([j + shift, (i + shift)[:, i != j]], -1).ravel()
-        data = np.concatenate([vals, vals[:, i != j]], -1).ravel()
-        return sp.coo_array((data, (rows, cols)), shape=(B * n, B * n))
-
-    def conditional_mean(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """E[x_a | x_b = values] as a full (B, n) image, as `SparsePrecisionNormal.conditional_mean`."""
-        mask, values = _edit(self, mask, values)
-        out = self.loc.clone()
-        out[:, mask] = values
-        if 0 < int(mask.sum()) < self.event_shape[0]:
-            out[:, ~mask] = _conditioned(self._precision_coo(), self.loc, mask, values).loc
-        return out
-
-    def conditional(self, mask: torch.Tensor, values: torch.Tensor) -> "BandedPrecisionNormal":
-        """The conditional given an edit: again a banded precision, its sub-block."""
-        mask, values = _edit(self, mask, values)
-        return _conditioned(self._precision_coo(), self.loc, mask, values)
-
-    @property
-    def precision_matrix(self) -> torch.Tensor:
-        """Dense Λ (B, n, n); for tests and tiny images only."""
-        B, n = self.loc.shape
-        if n > MAX_DENSE_PIXELS:
-            raise ValueError(f"dense n×n matrices are for tiny images only (n = {n} > {MAX_DENSE_PIXELS})")
-        return self._torch(self._precision_coo().toarray().reshape(B, n, B, n)[np.arange(B), :, np.arange(B)])
-
-    @property
-    def covariance_matrix(self) -> torch.Tensor:
-        return torch.linalg.inv(self.precision_matrix)
-
-    def __repr__(self) -> str:
-        return (f"BandedPrecisionNormal(batch_shape={tuple(self.batch_shape)}, n={self.event_shape[0]}, "
-                f"bandwidth={self.bandwidth})")
 
 
 class SparsePrecisionHead(torch.nn.Module):

@@ -9,8 +9,8 @@ Each takes the factor L as the distribution stores it, `log_diag` (B, S) = log L
     wavefront_solve    L⁻¹b or L⁻ᵀb by substitution along anti-diagonals, O(S·k²), differentiable
     selected_variance  diag((LLᵀ)⁻¹) by block selected inversion over image rows, O(S·r²·W²)
     scipy_solve_Lt     L⁻ᵀb by spsolve_triangular on a CSR (float64, detached)
-    schur_band         Λ_aa in LAPACK band storage and Λ_ab(b − μ_b), for conditioning on an edit
-    banded_variance    diag(Λ⁻¹) from a banded Cholesky factor Λ = UᵀU, O(n·m²)
+
+Conditioning on an edit works on the banded precision LLᵀ instead (`observations.banded`).
 
 For the selected inversion we view one channel of L in blocks of image rows:
 
@@ -35,8 +35,9 @@ import torch.nn.functional as F
 __all__ = [
     "stencil_offsets", "num_off_diagonal", "StencilGeometry", "stencil_geometry", "apply_Lt",
     "gather_neighbours", "row_strip", "wavefront_solve", "selected_variance", "factor_csr",
-    "scipy_solve_Lt", "dense_factor", "schur_band", "banded_variance",
+    "scipy_solve_Lt", "dense_factor", "MAX_DENSE_PIXELS",
 ]
+MAX_DENSE_PIXELS = 4096  # dense S×S helpers refuse bigger images (4096² float64 = 128 MiB)
 
 
 # -- stencil geometry ----------------------------------------------------------------------
@@ -386,55 +387,3 @@ def _block_diag_batched(blocks: list[torch.Tensor]) -> torch.Tensor:
         out[:, start:start + size, start:start + size] = b
         start += size
     return out
-
-
-# -- conditioning on an edit: the banded precision of the unedited pixels ---------------------
-
-def schur_band(lam: sp.coo_array, loc: torch.Tensor, mask: torch.Tensor, values: torch.Tensor):
-    """For a precision Λ (COO, block diagonal over the B images of S pixels) and an edit of the
-    pixels b: (Λ_aa in LAPACK upper band storage, band[:, m + i − j, j] = Λ_aa[i, j] for i ≤ j,
-    (B, m + 1, n_a); Λ_ab(values − μ_b), (B, n_a)), float64, a the unedited pixels."""
-    B, S = loc.shape
-    edited = mask.cpu().numpy()
-    mu = loc.detach().to("cpu", torch.float64).numpy()
-    delta = np.zeros((B, S))
-    delta[:, edited] = values.to("cpu", torch.float64).numpy() - mu[:, edited]
-    img, row, col = lam.row // S, lam.row % S, lam.col % S
-    pos = np.cumsum(~edited) - 1  # index of each unedited pixel inside a
-    n_a = S - int(edited.sum())
-    # right-hand side Λ_ab δ_b, from the entries with row in a, column in b
-    sel = ~edited[row] & edited[col]
-    rhs = np.bincount(img[sel] * n_a + pos[row[sel]], minlength=B * n_a,
-                      weights=lam.data[sel] * delta[img[sel], col[sel]]).reshape(B, n_a)
-    sel = ~edited[row] & ~edited[col] & (row <= col)
-    i, j = pos[row[sel]], pos[col[sel]]
-    m = int((j - i).max())
-    band = np.zeros((B, m + 1, n_a))
-    band[img[sel], m + i - j, j] = lam.data[sel]
-    return band, rhs
-
-
-def banded_variance(chol: np.ndarray) -> np.ndarray:
-    """diag(Λ⁻¹), (B, n), from the upper banded Cholesky factor Λ = UᵀU in LAPACK band storage
-    (B, m + 1, n), by selected inversion (Takahashi): from UΣ = U⁻ᵀ, for j ≥ i,
-    Σ_ij = (δ_ij / U_ii − Σ_{k=i+1}^{i+m} U_ik Σ_kj) / U_ii, which needs Σ only inside the
-    band below row i: a sliding m × m window, n steps of O(m²)."""
-    B, m1, n = chol.shape
-    m = m1 - 1
-    diag = chol[:, m]
-    if m == 0:
-        return 1 / diag ** 2
-    chol = np.concatenate([chol, np.zeros((B, m + 1, m))], -1)  # zeros beyond the last pixel
-    ds = np.arange(1, m + 1)
-    window = np.zeros((B, m, m))  # Σ of pixels i + 1 … i + m
-    var = np.empty((B, n))
-    for i in reversed(range(n)):
-        u = chol[:, m - ds, i + ds]  # U[i, i + 1 … i + m]
-        row = -np.einsum("bk,bkj->bj", u, window) / diag[:, i, None]
-        var[:, i] = 1 / diag[:, i] ** 2 - (u * row).sum(-1) / diag[:, i]
-        nxt = np.empty_like(window)
-        nxt[:, 0, 0] = var[:, i]
-        nxt[:, 0, 1:] = nxt[:, 1:, 0] = row[:, :m - 1]
-        nxt[:, 1:, 1:] = window[:, :m - 1, :m - 1]
-        window = nxt
-    return var
