@@ -1,10 +1,13 @@
 """Likelihood speed against torch's own LowRankMultivariateNormal (not a test).
 
-    python benchmarks/bench_likelihood.py [--repeats 5] [--device cpu] [--baseline DIR]
+    python benchmarks/bench_likelihood.py [--repeats 5] [--device cpu] [--baseline DIR] [--accumulate]
 
 1. log_prob + entropy + backward for S ∈ {64², 3·64², 3·218·178}, R = 25, batch 25,
    ours (scalar ε = 1e-5, as the paper) next to torch's on the same inputs, timed in
-   interleaved rounds; prints the time ratio and checks that the values agree. With
+   interleaved rounds; prints the time ratio and checks that the values agree. The
+   backward returns the gradients of μ and P (torch.autograd.grad), as in training, where
+   they are a head's outputs; --accumulate adds them into leaf .grad tensors instead
+   (loss.backward() on leaves, one more read and write of the S×R gradient). With
    --baseline, the LowRankNormal of another checkout (e.g. `git worktree add /tmp/base
    HEAD~1`) is timed in the same rounds, so that a change is measured against its
    baseline under the same load.
@@ -53,7 +56,7 @@ def interleaved_medians(fns, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_log_prob(S, R, B, repeats, device, baseline=None):
+def bench_log_prob(S, R, B, repeats, device, baseline=None, accumulate=False):
     g = torch.Generator().manual_seed(0)
     loc = (0.5 + 0.1 * torch.randn(B, S, generator=g)).to(device).requires_grad_()
     P = (0.01 * torch.randn(B, S, R, generator=g)).to(device).requires_grad_()
@@ -65,7 +68,10 @@ def bench_log_prob(S, R, B, repeats, device, baseline=None):
         def run():
             d = make()
             loss = -(d.log_prob(x) + d.entropy()).sum()
-            loss.backward()
+            if accumulate:
+                loss.backward()  # into loc.grad and P.grad: one more read and write of S×R per call
+            else:  # as in training, where μ and P are a head's outputs and their gradients flow on
+                torch.autograd.grad(loss, (loc, P))
             return loss.detach()
         return run
 
@@ -124,6 +130,8 @@ def main():
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice); on a loaded "
                     "machine 2 threads stall when the second one is descheduled")
     ap.add_argument("--baseline", help="a checkout whose LowRankNormal is timed in the same rounds")
+    ap.add_argument("--accumulate", action="store_true",
+                    help="backward into leaf .grad tensors (adds to them) instead of returning the gradients")
     args = ap.parse_args()
     baseline = load_baseline(args.baseline) if args.baseline else None
     if args.threads:
@@ -131,14 +139,15 @@ def main():
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("\nlog_prob + entropy + backward, R = 25, batch 25, ε = 1e-5 (median of "
+    into = "into leaf .grad" if args.accumulate else "returning the gradients of μ and P"
+    print(f"\nlog_prob + entropy + backward ({into}), R = 25, batch 25, ε = 1e-5 (median of "
           f"{args.repeats})")
     print("loss = −Σ(log_prob + entropy) over the batch in float32; ref = the same in float64")
     base = f" {'base ms':>10} {'base ratio':>10}" if baseline else ""
     print(f"{'S':>8} {'ours ms':>10} {'torch ms':>10} {'ratio':>7}{base}  {'ours−ref':>10} {'torch−ref':>10} "
           f"{'ref':>12}")
     for S in map(int, args.sizes.split(",")):
-        t, a, b, ref = bench_log_prob(S, 25, 25, args.repeats, args.device, baseline)
+        t, a, b, ref = bench_log_prob(S, 25, 25, args.repeats, args.device, baseline, args.accumulate)
         base = f" {t['baseline'] * 1e3:>10.1f} {t['baseline'] / t['torch']:>10.3f}" if baseline else ""
         print(f"{S:>8} {t['ours'] * 1e3:>10.1f} {t['torch'] * 1e3:>10.1f} {t['ours'] / t['torch']:>7.3f}{base}  "
               f"{a - ref:>10.3g} {b - ref:>10.3g} {ref:>12.6g}", flush=True)
