@@ -45,9 +45,10 @@ The package in two layers. The library stands alone and imports nothing from the
 
 On top of it, the paper and the apps:
 
-- `figures` — the paper's figures as functions; spatial coherence; the PCA comparison.
+- `figures` — the paper's figures as functions; spatial coherence.
+- `pca_baseline` — Fig. 7: the distribution-only model against a PCA of the same images.
 - `editing` — editing by conditioning (eqs. 6–7): brushes, colours, the scripted edits, the component floor.
-- `table1` — Table 1 for trained runs: images generated from a model, their FID, the paper's values beside ours, the `fid` command.
+- `table1` — Table 1 for trained runs: images generated from a model, their FID, the paper's values beside ours, their bars, the `fid` command.
 - `timing` — the per-image costs and training-step times the notebooks report (Fig. 3, notebook 13),
   the widgets' callback latencies (notebook 10).
 - `tradeoffs` — beyond the paper: the price of the fixed ε in test likelihood, and the rank ablation (notebook 13).

@@ -337,7 +337,7 @@ _register(Claim(
 # -- claim 8 --------------------------------------------------------------------------------------
 
 def _against_pca(bench: Bench, dataset: str) -> Tuple[dict, str]:
-    from .figures import compare_with_pca, fit_pca
+    from .pca_baseline import compare_with_pca, fit_pca
     ctx, dist = bench.ctx, bench.model("distribution")
     pca = fit_pca(ctx.splits()["train"].to_float(), n_components=dist.rank, seed=ctx.seed)
     numbers = compare_with_pca(dist, pca, ctx.test_images())

@@ -1,7 +1,8 @@
 """The paper's figures as functions: compute arrays, then draw them (Sections 4.2–4.5).
 
 Each `*_panel` function returns plain tensors (so tests can check the math) and
-each `plot_*` function draws them with matplotlib. The notebooks only call these.
+each `plot_*` function draws them with matplotlib. The notebooks only call these. Fig. 7's
+comparison with PCA is `pca_baseline`'s, Table 1's bars are `table1.plot_fid_table`.
 """
 from __future__ import annotations
 
@@ -327,48 +328,6 @@ def component_sweep(model, z: torch.Tensor, components: Iterable[int], scales=PA
     return torch.stack(rows)
 
 
-# -- Fig. 7: the distribution-only model against PCA ---------------------------------------------
-
-def fit_pca(train: torch.Tensor, n_components: int = 25, seed: int = 0):
-    """scikit-learn PCA (probabilistic PCA likelihood via .score) on flattened images."""
-    from sklearn.decomposition import PCA
-    pca = PCA(n_components=n_components, random_state=seed)
-    pca.fit(train.reshape(train.shape[0], -1).double().numpy())
-    return pca
-
-
-def pca_samples(pca, n: int, seed: int = 0) -> torch.Tensor:
-    """Samples mean + Σ_k √λ_k ω_k u_k from the 25-component PCA (no isotropic noise)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n, pca.n_components_)) * np.sqrt(pca.explained_variance_)
-    return torch.from_numpy(pca.mean_ + w @ pca.components_).float()
-
-
-def subspace_reconstruction_error(x: torch.Tensor, loc: torch.Tensor, basis: torch.Tensor) -> float:
-    """Mean squared error per pixel of projecting x − loc onto span(basis) (S × R)."""
-    q, _ = torch.linalg.qr(basis.detach().double())
-    r = x.reshape(x.shape[0], -1).double() - loc.detach().double()
-    return float((r - (r @ q) @ q.T).pow(2).mean())
-
-
-def compare_with_pca(dist_model, pca, held_out: torch.Tensor) -> Dict[str, float]:
-    """Held-out numbers for Fig. 7: reconstruction error in each model's subspace and
-    log-likelihood per pixel (ours: N(μ, PPᵀ + εI); PCA: probabilistic PCA, noise fitted)."""
-    x = held_out.reshape(held_out.shape[0], -1)
-    with torch.no_grad():
-        d = dist_model.distribution(1)
-        ll_ours = float(d.log_prob(x.to(d.loc)).mean()) / x.shape[1]
-        loc, P = d.loc[0].cpu(), d.cov_factor[0].cpu()
-    return {
-        "recon_mse_ours": subspace_reconstruction_error(x, loc, P),
-        "recon_mse_pca": subspace_reconstruction_error(x, torch.from_numpy(pca.mean_),
-                                                       torch.from_numpy(pca.components_).T),
-        "loglik_per_pixel_ours": ll_ours,
-        "loglik_per_pixel_pca": float(pca.score(x.double().numpy())) / x.shape[1],
-        "pca_noise_variance": float(pca.noise_variance_),
-    }
-
-
 # -- App. A: the variance explosion without the stabilisers -------------------------------------
 
 @torch.no_grad()
@@ -442,27 +401,4 @@ def plot_variance_during_training(run_dirs: Dict[str, Path], title: str = ""):
         ax.plot(m["step"], m["mean_variance"], label=name)
     ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_ylabel("mean pixel variance"), ax.legend()
     ax.set_title(title, fontsize=8)
-    return fig
-
-
-def plot_fid_table(rows: List[dict], title: str = ""):
-    """Bars of FID for means and samples per (dataset, model), with the paper's where known."""
-    import matplotlib.pyplot as plt
-    labels = [f"{r['dataset']}\n{r['model']}" for r in rows]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
-    ax.bar(x - 0.2, [r["fid_means"] for r in rows], 0.4, label="ours: means")
-    ax.bar(x + 0.2, [r["fid_samples"] for r in rows], 0.4, label="ours: samples")
-    for i, r in enumerate(rows):
-        for dx, key in ((-0.2, "paper_means"), (0.2, "paper_samples")):
-            if r.get(key) is not None:
-                ax.plot([i + dx - 0.18, i + dx + 0.18], [r[key]] * 2, "k-", lw=2)
-    if any(r.get(key) is not None for r in rows for key in ("paper_means", "paper_samples")):
-        from .table1 import PAPER_N
-        ax.plot([], [], "k-", lw=2, label=f"paper (N = {PAPER_N:,})")
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel(f"FID (N = {rows[0]['n']})")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
     return fig

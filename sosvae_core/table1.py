@@ -1,5 +1,6 @@
 """Table 1 (Section 4.3): FID of decoded means and of samples for trained runs, the paper's
-values beside ours, and the `python -m sosvae_core fid` command.
+values beside ours (as a table and as bars, `plot_fid_table`), and the `python -m sosvae_core fid`
+command.
 
 Built on `sosvae_core.fid` (the metric itself, which knows nothing of models, configs, data or
 runs): the reference statistics are those of the images a config trains on
@@ -301,3 +302,25 @@ def format_table1(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(TABLE1_HEADER) + " |", "|" + "---|" * len(TABLE1_HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table1_cells(rows)]
     return "\n".join(lines)
+
+
+def plot_fid_table(rows: list[dict[str, Any]], title: str = ""):
+    """Bars of FID for means and samples per (dataset, model), with the paper's where known."""
+    import matplotlib.pyplot as plt
+    labels = [f"{r['dataset']}\n{r['model']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+    ax.bar(x - 0.2, [r["fid_means"] for r in rows], 0.4, label="ours: means")
+    ax.bar(x + 0.2, [r["fid_samples"] for r in rows], 0.4, label="ours: samples")
+    for i, r in enumerate(rows):
+        for dx, key in ((-0.2, "paper_means"), (0.2, "paper_samples")):
+            if r.get(key) is not None:
+                ax.plot([i + dx - 0.18, i + dx + 0.18], [r[key]] * 2, "k-", lw=2)
+    if any(r.get(key) is not None for r in rows for key in ("paper_means", "paper_samples")):
+        ax.plot([], [], "k-", lw=2, label=f"paper (N = {PAPER_N:,})")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel(f"FID (N = {rows[0]['n']})")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig

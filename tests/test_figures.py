@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sosvae_core import figures
+from sosvae_core import figures, pca_baseline
 from sosvae_core.networks import VAE
 from sosvae_core.observations import DistributionOnly
 from sosvae_core.slerp import slerp
@@ -113,14 +113,14 @@ def test_pca_comparison_on_exactly_low_rank_data():
     basis = torch.randn(30, 2, generator=g)
     train = (0.5 + torch.randn(200, 2, generator=g) @ basis.T * 0.1).reshape(200, 1, 5, 6)
     held = (0.5 + torch.randn(20, 2, generator=g) @ basis.T * 0.1).reshape(20, 1, 5, 6)
-    pca = figures.fit_pca(train, n_components=2)
+    pca = pca_baseline.fit_pca(train, n_components=2)
     dist = DistributionOnly((1, 5, 6), rank=2)
     with torch.no_grad():
         dist.loc.copy_(torch.from_numpy(pca.mean_).float())
         dist.cov_factor.copy_(basis * 0.1)
-    numbers = figures.compare_with_pca(dist, pca, held)
+    numbers = pca_baseline.compare_with_pca(dist, pca, held)
     assert numbers["recon_mse_pca"] < 1e-10 and numbers["recon_mse_ours"] < 1e-10
-    assert figures.pca_samples(pca, 7).shape == (7, 30)
+    assert pca_baseline.pca_samples(pca, 7).shape == (7, 30)
 
 
 def test_record_merges_json_atomically(tmp_path):
