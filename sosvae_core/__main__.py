@@ -126,7 +126,12 @@ def cmd_authors_figures(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sosvae_core", description="SOS-VAE reference implementation")
     sub = ap.add_subparsers(dest="command", required=True)
+    for add_command in (_add_train, _add_pack, _add_fid, _add_nll, _add_authors_figures):
+        add_command(sub)
+    return ap
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train (or resume) a model")
     # no argparse choices: an unknown name is get_config's one-line error, which lists the experiments
     t.add_argument("--config", help=f"experiment: {experiment_names()}")
@@ -147,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
+
+def _add_pack(sub) -> None:
     p = sub.add_parser("pack", help="write a config's decoded image subset as one file (a data root for remote GPUs)")
     p.add_argument("--config", required=True, help=f"experiment: {experiment_names()}")
     p.add_argument("--profile", default="paper", choices=PROFILES)
@@ -155,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_pack)
 
+
+def _add_fid(sub) -> None:
     f = sub.add_parser("fid", help="FID of a trained run's means or samples")
     f.add_argument("--run", required=True, help="run folder")
     f.add_argument("--n", type=int, default=None, help="number of generated images (default: the config's fid_n)")
@@ -173,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the runs)")
     f.set_defaults(func=cmd_fid)
 
+
+def _add_nll(sub) -> None:
     n = sub.add_parser("nll", help="test log-likelihood of a trained run in bits per dimension (importance-weighted "
                                    "bound on dequantised test images)")
     n.add_argument("--run", required=True, help="run folder")
@@ -189,11 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--cache-dir", help="decoded-image cache (default: $SOSVAE_CACHE_DIR, else cache/ beside the runs)")
     n.set_defaults(func=cmd_nll)
 
+
+def _add_authors_figures(sub) -> None:
     a = sub.add_parser("authors-figures", help="claims 5 and 7's measures on the authors' published images")
     a.add_argument("folder", help="folder holding celeba_results.png, ukbb_results.png and/or editor.png from "
                                   "the authors' repository (showcase_images/)")
     a.set_defaults(func=cmd_authors_figures)
-    return ap
 
 
 def main(argv=None) -> int:
