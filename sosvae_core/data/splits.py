@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .sources import DataError, _normalise_image_size, _spec, find_partition_file
+from .sources import DataError, DatasetSpec, _normalise_image_size, _spec, find_partition_file
 from .store import decoded_subset
 
 SPLITS = ("train", "val", "test")
@@ -159,6 +159,30 @@ def _read_partition(path: Path) -> dict[str, int]:
     return parts
 
 
+def _official_partition(files: list[str], folder: Path | None, name: str) -> dict[str, torch.Tensor]:
+    """The indices of `files` in each split of CelebA's list_eval_partition.txt beside `folder`."""
+    pfile = find_partition_file(folder) if folder is not None else None
+    if pfile is None:
+        raise DataError(
+            f"partition='official' needs CelebA's list_eval_partition.txt beside {folder or name}; "
+            f"add it or use partition='random'"
+        )
+    table = _read_partition(pfile)
+    missing = [f for f in files if Path(f).name not in table]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) (e.g. {missing[0]}) are not listed in {pfile}; "
+            f"use the matching partition file or partition='random'"
+        )
+    labels = torch.tensor([table[Path(f).name] for f in files])
+    return {s: torch.nonzero(labels == k).flatten() for k, s in enumerate(SPLITS)}
+
+
+def _transform_description(spec: DatasetSpec, size: tuple[int, int] | None) -> str:
+    """How a dataset's images were made: the spec's transform, and the resize when one is asked for."""
+    return spec.transform_description if size is None else f"{spec.transform_description}; resize {size[0]}x{size[1]} (HxW)"
+
+
 def dataset_args(cfg) -> dict:
     """What a config (`sosvae_core.configs.Config`) trains on, as `load_splits` / `load_dataset`
     arguments: the one mapping from a config to its data, so that training, the figures and
@@ -207,29 +231,13 @@ def load_splits(
         n_train, n_val, _ = split_sizes(n)
         parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
     else:
-        pfile = find_partition_file(folder) if folder is not None else None
-        if pfile is None:
-            raise DataError(
-                f"partition='official' needs CelebA's list_eval_partition.txt beside {folder or name}; "
-                f"add it or use partition='random'"
-            )
-        table = _read_partition(pfile)
-        missing = [f for f in files if Path(f).name not in table]
-        if missing:
-            raise DataError(
-                f"{len(missing)} image(s) (e.g. {missing[0]}) are not listed in {pfile}; "
-                f"use the matching partition file or partition='random'"
-            )
-        labels = torch.tensor([table[Path(f).name] for f in files])
-        parts = {s: torch.nonzero(labels == k).flatten() for k, s in enumerate(SPLITS)}
+        parts = _official_partition(files, folder, name)
 
     flip_train = spec.flip if augment is None else bool(augment)
     out = {}
     for split, idx in parts.items():
         out[split] = ImageTensorDataset(
-            take(images, idx), name=name,
-            transform_description=spec.transform_description if size is None
-            else f"{spec.transform_description}; resize {size[0]}x{size[1]} (HxW)",
+            take(images, idx), name=name, transform_description=_transform_description(spec, size),
             flip=flip_train if split == "train" else False,
             files=[files[i] for i in idx.tolist()], n_skipped=len(skipped), skipped_files=skipped,
         )
@@ -272,8 +280,7 @@ def load_dataset(
         warnings.warn(
             f"skipped {len(skipped)} corrupt image(s) in {name} (first: {skipped[0]})", stacklevel=2
         )
-    desc = spec.transform_description if size is None else f"{spec.transform_description}; resize {size[0]}x{size[1]} (HxW)"
     return ImageTensorDataset(
-        images, name=name, transform_description=desc, flip=bool(augment),
+        images, name=name, transform_description=_transform_description(spec, size), flip=bool(augment),
         files=files, n_skipped=len(skipped), skipped_files=skipped,
     )
