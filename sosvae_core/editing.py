@@ -168,12 +168,7 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
     shape = model.image_shape
     obs = model.decode(z[:1].to(model_device(model)))
     if component_scale is not None:
-        if not isinstance(obs, LowRankNormal):
-            raise ValueError(f"component_scale needs a low-rank observation model, not {type(obs).__name__}; "
-                             f"use component_scale=None")
-        # every component scaled alike: U(c·S)Vᵀ = c·P exactly, no SVD needed
-        c = floor_scales(float(component_scale))
-        obs = LowRankNormal(obs.loc, obs.cov_factor * c, obs.cov_diag, validate_args=False)
+        obs = _components_scaled(obs, component_scale)
     mean = obs.mean[0].detach().cpu().reshape(shape)
     mask = torch.zeros(shape, dtype=torch.bool)
     target = mean.clone()
@@ -197,22 +192,43 @@ def edit_sequence(model, z: torch.Tensor, edits: Sequence[str], sequential: bool
         conditional.append(cond)
         masks.append(mask.clone())
         if n_samples:
-            rest = obs.conditional(mask.to(obs.loc.device), values)
-            flat = ~mask.reshape(-1)
-            drawn = rest.rsample(omega_p=omega_p[..., :rest.noise_rank],
-                                 omega_d=omega_d[..., flat.to(omega_d.device)])[:, 0].cpu()
-            sample = paste.reshape(-1).expand(n_samples, -1).clone()
-            sample[:, flat] = drawn.to(sample.dtype)
-            samples.append(sample.reshape(n_samples, *shape))
-            variance = torch.zeros(flat.shape)
-            variance[flat] = rest.variance[0].cpu().to(variance.dtype)
-            variances.append(variance.reshape(shape))
+            sample, variance = _completions(obs, mask, values, paste, omega_p, omega_d)
+            samples.append(sample)
+            variances.append(variance)
     out = {"mean": mean.unsqueeze(0), "edited": torch.stack(edited),
            "conditional": torch.stack(conditional), "masks": torch.stack(masks)}
     if n_samples:
         out.update(samples=torch.stack(samples), variance=torch.stack(variances),
                    prior_variance=obs.variance[0].detach().cpu().reshape(1, *shape))
     return out
+
+
+def _components_scaled(obs, component_scale: float) -> LowRankNormal:
+    """The low-rank distribution with every principal component scaled by `component_scale`
+    (floored at ±0.03 like every component scale)."""
+    if not isinstance(obs, LowRankNormal):
+        raise ValueError(f"component_scale needs a low-rank observation model, not {type(obs).__name__}; "
+                         f"use component_scale=None")
+    # every component scaled alike: U(c·S)Vᵀ = c·P exactly, no SVD needed
+    c = floor_scales(float(component_scale))
+    return LowRankNormal(obs.loc, obs.cov_factor * c, obs.cov_diag, validate_args=False)
+
+
+def _completions(obs, mask: torch.Tensor, values: torch.Tensor, paste: torch.Tensor, omega_p: torch.Tensor,
+                 omega_d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The whole conditional given an edit (mask (C, H, W), the painted `values`): samples drawn
+    with the noise (ω_p, ω_d), the edited pixels as in `paste`, (n, C, H, W); and its variance,
+    0 on the edited pixels, (C, H, W)."""
+    n_samples = omega_p.shape[0]
+    rest = obs.conditional(mask.to(obs.loc.device), values)
+    flat = ~mask.reshape(-1)
+    drawn = rest.rsample(omega_p=omega_p[..., :rest.noise_rank],
+                         omega_d=omega_d[..., flat.to(omega_d.device)])[:, 0].cpu()
+    sample = paste.reshape(-1).expand(n_samples, -1).clone()
+    sample[:, flat] = drawn.to(sample.dtype)
+    variance = torch.zeros(flat.shape)
+    variance[flat] = rest.variance[0].cpu().to(variance.dtype)
+    return sample.reshape(n_samples, *mask.shape), variance.reshape(mask.shape)
 
 
 @torch.no_grad()
