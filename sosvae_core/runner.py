@@ -231,6 +231,27 @@ def _report_scorecard(output: Path, summary: dict, profile: str) -> None:
     _write_summary(output, summary)
 
 
+def _parameters(profile: str, dataset, data_root, device: str, runs: Path, seed: int) -> dict:
+    """The parameters every notebook is given; the dataset only where one is named (else each
+    notebook's own)."""
+    parameters = {"profile": profile, "data_root": str(data_root) if data_root else None, "device": device,
+                  "runs_dir": str(runs), "seed": seed}
+    if dataset:
+        parameters["dataset"] = dataset
+    return parameters
+
+
+def _train_first(ctx, runs: Path, device: str, jobs: int, summary: dict, t0: float) -> None:
+    """Train every model the notebooks of `ctx` use into `runs`, `jobs` at a time (`pool.train_all`);
+    the time since `t0` and the runs trained now go into `summary`."""
+    from .pool import train_all
+    trained = train_all(ctx.planned_configs(), runs_dir=runs, data_root=ctx.data_root, device=device, jobs=jobs)
+    summary["training_wall_time_s"] = round(time.time() - t0, 1)
+    summary["trained_now"] = trained
+    if trained:
+        print(f"    trained {len(trained)} run(s) in {summary['training_wall_time_s']:.0f} s", flush=True)
+
+
 def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=None,
             output="outputs", dataset=None, seed: int = 0, runs_dir=None, jobs: Optional[int] = None,
             params: Optional[dict] = None) -> dict:
@@ -244,7 +265,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     notebook 11 (the scorecard, which reads the others' results) last. `params` sets more
     parameters, each in the notebooks whose parameters cell declares it."""
     from .notebook import context
-    from .pool import default_jobs, parse_jobs, train_all
+    from .pool import default_jobs, parse_jobs
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     runs = runs_root(runs_dir).resolve()
@@ -252,10 +273,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
     params = params or {}
     declared = _checked_params(books, params)
     jobs = parse_jobs(jobs) if jobs is not None else default_jobs(device)
-    parameters = {"profile": profile, "data_root": str(data_root) if data_root else None, "device": device,
-                  "runs_dir": str(runs), "seed": seed}
-    if dataset:
-        parameters["dataset"] = dataset
+    parameters = _parameters(profile, dataset, data_root, device, runs, seed)
     summary = {"profile": profile, "data_root": parameters["data_root"], "device": device, "runs_dir": str(runs),
                "jobs": jobs, "notebooks": []}
     print(f"trained models: {runs} (found there when already trained)", flush=True)
@@ -279,11 +297,7 @@ def run_all(profile: str = "quick", data_root=None, device: str = "auto", only=N
         _write_summary(output, summary)
         if any(b.name.startswith("01_") for b in books):
             ctx = context(profile, dataset, data_root, device, seed=seed, runs_dir=runs)
-            trained = train_all(ctx.planned_configs(), runs_dir=runs, data_root=ctx.data_root, device=device, jobs=jobs)
-            summary["training_wall_time_s"] = round(time.time() - t0, 1)
-            summary["trained_now"] = trained
-            if trained:
-                print(f"    trained {len(trained)} run(s) in {summary['training_wall_time_s']:.0f} s", flush=True)
+            _train_first(ctx, runs, device, jobs, summary, t0)
         _side_by_side([b for b in books if b.name[:2] not in RUN_LAST], execute, jobs)
         for book in books:
             if book.name[:2] in RUN_LAST:
