@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
 from .configs import Config
 from .paths import atomic_file
 
@@ -60,7 +62,7 @@ def _sync(path: Path) -> None:
 
 class MetricsLog:
     """The logs of one run folder. Only the process that writes the folder has them `enabled`;
-    elsewhere `write` does nothing and `epoch_steps` returns the rows it is given."""
+    elsewhere `write` does nothing and `epoch_average` averages the rows it is given."""
 
     def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True):
         self.run_dir, self.enabled, self.tensorboard = Path(run_dir), enabled, tensorboard
@@ -126,13 +128,15 @@ class MetricsLog:
             if self.path(kind).exists():
                 _sync(self.path(kind))
 
-    def epoch_steps(self, epoch: int, rows: List[dict]) -> List[dict]:
-        """The steps log's rows of `epoch` (a resumed epoch's first steps are there), or `rows`
-        where this process keeps no log."""
+    def epoch_average(self, epoch: int, rows: List[dict]) -> dict:
+        """Means over the steps of `epoch` (but their step, epoch and wall time), read back from the
+        steps log (a resumed epoch's first steps are there), or over `rows` where this process
+        keeps no log."""
         path = self.path("steps")
-        if not (self.enabled and path.exists()):
-            return rows
-        return [r for r in read_log(path)[1] if float(r["epoch"]) == epoch]
+        if self.enabled and path.exists():
+            rows = [r for r in read_log(path)[1] if float(r["epoch"]) == epoch]
+        keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "wall_time")]
+        return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
 
 
 def _duration(seconds: float) -> str:

@@ -429,7 +429,7 @@ class Trainer:
 
     def _end_epoch(self, rows: List[dict], pretrain: bool) -> None:
         """The epoch's averages and validation logged, pre-training's end decided, a checkpoint."""
-        summary = self._epoch_average(rows)
+        summary = self.logs.epoch_average(self.epoch, rows)
         summary.update(epoch=self.epoch, step=self.step, wall_time=round(self.wall_time, 3))
         summary.update(self.evaluate(self.val_set) if self.is_main else {})
         if pretrain:
@@ -461,9 +461,3 @@ class Trainer:
             dist.broadcast(flag, 0)
             done = bool(flag.item())
         self.pretrain_done = done
-
-    def _epoch_average(self, rows: List[dict]) -> dict:
-        """Means over the epoch's steps, read back from the log (a resumed epoch's first steps are there)."""
-        rows = self.logs.epoch_steps(self.epoch, rows)
-        keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "wall_time")]
-        return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
