@@ -54,6 +54,7 @@ On top of it, the paper and the apps:
 - `tradeoffs` — beyond the paper: the price of the fixed ε in test likelihood, and the rank ablation (notebook 13).
 - `scorecard` — the claims' measures and the levels their rules ask for; the scorecard shown as text, Markdown, a figure.
 - `claims` — each claim of the paper one object: the paper's value, the measure, the rule fixed before the run (notebook 11).
+- `rules` — a claim's pass rule: its predicate and its text made from one set of thresholds.
 - `authors_figures` — claims 5 and 7's measures read off the authors' published images.
 - `widgets` — the ipywidgets panels of notebook 10, one module per panel:
   - `widgets.components`: the principal components of P on sliders (eq. 5, Fig. 5);

@@ -15,10 +15,9 @@ constants), the measure, and the pass rule, fixed before the run (notebook 11 an
 | 10 | *beyond the paper:* SOS-VAE's conditional scores hidden pixels better than the β-VAE's marginal | bits per hidden dimension, inpainting | β − SOS > 2 SE, both boxes |
 | 11 | the β-VAE's means vary more over prior codes than SOS-VAE's (Sec. 4.1, Fig. 2) | variance of the decoded means over 64 prior z | β − SOS > 2 SE, paired over the codes |
 
-A rule is a predicate over the measured numbers and a text, both made from one set of named
-thresholds (`Rule`): the text names every threshold the predicate takes, so the two cannot
-drift apart. The thresholds are `scorecard`'s constants; measures 5, 7 and 11 and the levels
-of 5 and 7 are explained in its docstring.
+Each rule is a `rules.Rule`, its text and predicate made from one set of named thresholds.
+The thresholds are `scorecard`'s constants; measures 5, 7 and 11 and the levels of 5 and 7 are
+explained in its docstring.
 
 Claim 10 is ours, not the paper's (notebook 12, `inpainting.py`): on held-out test images a
 centred box of a quarter of the image, or a random box of that area, is hidden; z is fitted to
@@ -38,16 +37,15 @@ Adding a claim is one `Claim` with its measure, and its test.
 """
 from __future__ import annotations
 
-import inspect
 import math
-import string
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .inpainting import MASKS
 from .networks import model_device
+from .rules import Rule
 from .scorecard import (AUTHORS_CONCENTRATION, AUTHORS_EDITS, COHERENCE_NOISE_MAX, COHERENCE_STRUCTURED_MIN,
                         CONCENTRATION_MIN, EDIT_PROPAGATION_MIN, EDIT_UNCHANGED_LEVEL, EDIT_UNCHANGED_MIN,
                         EXPLOSION_RATIO_MIN, FACE_DATASETS, PAIRED_SE_FACTOR, PAPER_PIXEL_VARIANCE,
@@ -55,39 +53,6 @@ from .scorecard import (AUTHORS_CONCENTRATION, AUTHORS_EDITS, COHERENCE_NOISE_MA
                         SLERP_STEP_RATIO_MAX, VARIANCE_FACTOR, covariance_structure, editing_claim, gray_dataset,
                         inpainting_claim, mean_variation, prior_pixel_variance, slerp_claim, table1_numbers,
                         training_variance)
-
-
-@dataclass(frozen=True, repr=False)
-class Rule:
-    """A pass rule: `holds(ours, **thresholds)` and `text.format(**thresholds, **settings)`.
-
-    `settings` are the measure's own parameters the text names (τ, a count of codes), never
-    compared against. Built only when the text's fields are exactly the thresholds and the
-    settings, and the predicate takes exactly the thresholds."""
-    text: str
-    holds: Callable[..., bool]
-    thresholds: Mapping[str, float] = field(default_factory=dict)
-    settings: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        fields = {name for _, name, _, _ in string.Formatter().parse(self.text) if name}
-        taken = set(list(inspect.signature(self.holds).parameters)[1:])
-        if fields != set(self.thresholds) | set(self.settings) or taken != set(self.thresholds):
-            raise ValueError(f"rule {self.text!r} names {sorted(fields)} and its predicate takes {sorted(taken)}; "
-                             f"both must be its thresholds {sorted(self.thresholds)} (the text also its settings)")
-
-    def __str__(self) -> str:
-        return self.text.format(**self.thresholds, **self.settings)
-
-    def __repr__(self) -> str:
-        return f"Rule({str(self)!r})"
-
-    def __call__(self, ours: dict) -> Optional[bool]:
-        """The verdict on the measured numbers; None when they are not measured."""
-        try:
-            return bool(self.holds(ours, **self.thresholds))
-        except (KeyError, TypeError):
-            return None
 
 
 @dataclass(frozen=True, repr=False)

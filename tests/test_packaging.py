@@ -91,8 +91,8 @@ def test_the_fid_metric_imports_nothing_of_models_configs_training_data_or_runs(
 
 LIBRARY = ("observations", "networks", "objective", "slerp", "train", "schedule", "checkpoints", "metrics_log", "runs",
            "pool", "data", "portraits", "configs", "fid", "inception", "kid", "likelihood", "inpainting", "paths")
-PAPER_AND_APP = ("figures", "pca_baseline", "editing", "table1", "scorecard", "claims", "authors_figures", "timing",
-                 "tradeoffs", "widgets", "notebook", "report", "runner")
+PAPER_AND_APP = ("figures", "pca_baseline", "editing", "table1", "scorecard", "claims", "rules", "authors_figures",
+                 "timing", "tradeoffs", "widgets", "notebook", "report", "runner")
 
 
 def test_the_library_imports_nothing_of_the_paper_glue_or_the_app():

@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from sosvae_core import claims, editing, figures, scorecard as sc
+from sosvae_core import claims, editing, figures, rules, scorecard as sc
 from sosvae_core.observations import LowRankNormal
 
 C, H, W = 1, 12, 10
@@ -183,19 +183,19 @@ def test_every_claim_has_a_title_and_a_rule_and_formats():
 
 
 def test_a_rule_text_and_predicate_come_from_the_same_thresholds():
-    rule = claims.Rule("x < {low} (n = {n})", lambda o, low: o["x"] < low, dict(low=1.0), dict(n=3))
+    rule = rules.Rule("x < {low} (n = {n})", lambda o, low: o["x"] < low, dict(low=1.0), dict(n=3))
     assert str(rule) == "x < 1.0 (n = 3)"
     assert rule({"x": 0.5}) is True and rule({"x": 1.0}) is False and rule({}) is None
     with pytest.raises(ValueError, match="must be its thresholds"):  # the text states one level, the test another
-        claims.Rule("x < {low}", lambda o, high: o["x"] < high, dict(low=1.0, high=2.0))
+        rules.Rule("x < {low}", lambda o, high: o["x"] < high, dict(low=1.0, high=2.0))
     with pytest.raises(ValueError, match="must be its thresholds"):  # a level the text leaves out
-        claims.Rule("x < 1", lambda o, low: o["x"] < low, dict(low=1.0))
+        rules.Rule("x < 1", lambda o, low: o["x"] < low, dict(low=1.0))
     with pytest.raises(ValueError, match="must be its thresholds"):  # a setting the predicate compares against
-        claims.Rule("x < {n}", lambda o, n: o["x"] < n, settings=dict(n=3))
+        rules.Rule("x < {n}", lambda o, n: o["x"] < n, settings=dict(n=3))
 
 
 def test_evaluate_measures_every_claim_on_its_datasets_main_first(monkeypatch):
-    below = claims.Rule("x < {low}", lambda o, low: o["x"] < low, dict(low=0.5))
+    below = rules.Rule("x < {low}", lambda o, low: o["x"] < low, dict(low=0.5))
     measure = lambda bench, dataset: ({"x": 1.0 if dataset == "brain" else 0.0}, f"on {dataset}")  # noqa: E731
     fake = {n: claims.Claim(n, f"claim {n}", where, measure, lambda dataset: f"paper on {dataset}", below)
             for n, where in [(2, lambda ctx: ["brain", ctx.dataset]), (1, lambda ctx: [ctx.dataset])]}
