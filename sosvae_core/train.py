@@ -219,8 +219,9 @@ class Trainer:
             dist.barrier()
 
     def load_checkpoint(self) -> bool:
-        """Restore the folder's checkpoint, if any, once it is checked: the same config (but for
-        RESUMABLE_FIELDS), no more epochs than asked for, and the same data where both are known."""
+        """Restore the folder's checkpoint, if any, once it is checked (`checkpoints.check_checkpoint`):
+        the same config (but for its RESUMABLE_FIELDS), no more epochs than asked for, and the same
+        data where both are known."""
         if not self.checkpoint_path.exists():
             return False
         state = read_checkpoint(self.checkpoint_path, self.device)
