@@ -71,9 +71,9 @@ def measure(job: dict) -> dict:
 
     from sosvae_core.configs import get_config
     from sosvae_core.data import output_shape
-    from sosvae_core.objective import ConstraintConfig, Multipliers, lagrangian
+    from sosvae_core.objective import ConstraintConfig, Multipliers, ObjectiveTerms, compiled, lagrangian
     from sosvae_core.networks import build_model
-    from sosvae_core.train import ObjectiveTerms, compiled, select_device
+    from sosvae_core.train import select_device
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
