@@ -318,3 +318,17 @@ def test_a_learned_scalar_eps_gets_the_dense_gradient():
     assert "log_eps" in head.variance_prefixes and "log_eps" in head.diagonal_prefixes
     with pytest.raises(ValueError, match="choose one"):
         LowRankHead(4, 1, learn_diag=True, learn_eps=True)
+
+
+def test_both_ways_of_adding_the_outer_product_to_the_gradient_agree(monkeypatch):
+    # out += u wᵀ runs as baddbmm_ above a size and as addcmul_ below it: the same numbers either way
+    from sosvae_core.observations import woodbury
+
+    g = torch.Generator().manual_seed(0)
+    out, u, w = torch.randn(3, 50, 4, generator=g), torch.randn(3, 50, generator=g), torch.randn(3, 1, 4, generator=g)
+    expected = out.double() + u.double().unsqueeze(-1) * w.double()
+    below = woodbury._add_outer(out.clone(), u, w)
+    monkeypatch.setattr(woodbury, "_DEPTH_ONE_BYTES", 0)
+    above = woodbury._add_outer(out.clone(), u, w)
+    torch.testing.assert_close(below.double(), expected)
+    torch.testing.assert_close(above.double(), expected)

@@ -37,6 +37,9 @@ __all__ = ["CapacitanceError", "Gram64", "WoodburyTerms", "woodbury", "mahalanob
 _BLOCK_ROWS = 8192
 # a P this small (float64 entries) is converted whole, so that its products are exact
 _EXACT_ELEMENTS = 1 << 20
+# out += u wᵀ on a gradient of this many bytes or more runs as a product of depth one (baddbmm_),
+# below it as an elementwise addcmul_: each is the faster one on its side (benchmarks/README.md)
+_DEPTH_ONE_BYTES = 200 << 20
 
 Scalar = Union[float, torch.Tensor]  # ε: a Python float or a 0-d tensor
 
@@ -190,9 +193,10 @@ def _times(P: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 
 def _add_outer(out: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """out += u wᵀ in place, for out (..., S, R), u (..., S), w (..., 1, R): with one batch
-    dimension a product of depth one (baddbmm_, faster than addcmul_ at large S), else addcmul_."""
-    if (out.dim(), u.dim(), w.dim()) == (3, 2, 3) and out.shape[0] == u.shape[0] == w.shape[0]:
+    """out += u wᵀ in place, for out (..., S, R), u (..., S), w (..., 1, R): for a large out with
+    one batch dimension a product of depth one (baddbmm_), else addcmul_ (_DEPTH_ONE_BYTES)."""
+    if ((out.dim(), u.dim(), w.dim()) == (3, 2, 3) and out.shape[0] == u.shape[0] == w.shape[0]
+            and out.numel() * out.element_size() >= _DEPTH_ONE_BYTES):
         return out.baddbmm_(u.unsqueeze(-1), w)
     return out.addcmul_(u.unsqueeze(-1), w)
 
