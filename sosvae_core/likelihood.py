@@ -69,13 +69,16 @@ def _rescored(obs, eps_values):
 
 @torch.no_grad()
 def log_weights(model, x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None,
-                codes_per_batch: int = 256, eps_values: Optional[Sequence[float]] = None) -> torch.Tensor:
+                codes_per_batch: int = 256, eps_values: Optional[Sequence[float]] = None,
+                fixed_rows: bool = False) -> torch.Tensor:
     """log p(x | z_k) + log p(z_k) − log q(z_k | x) for k codes z_k ~ q(z | x) per image: (k, B);
     with `eps_values`, (len(eps_values), k, B): the same codes, each decoded once, scored with
     the decoded μ and P under each fixed diagonal εI.
 
     x: (B, C, H, W) on any device. The k·B codes are decoded `codes_per_batch` at a time, so
-    memory stays bounded whatever k is."""
+    memory stays bounded whatever k is; with `fixed_rows`, every decode gets codes_per_batch
+    rows (a short chunk is padded with repeats of its first code, scored and dropped), so that
+    a compiled decoder compiles once."""
     device = model_device(model)
     x = x.to(device)
     q = model.encode(x)
@@ -87,8 +90,12 @@ def log_weights(model, x: torch.Tensor, k: int, generator: Optional[torch.Genera
         c = min(per_chunk, k - start)
         eps = torch.randn((c, *loc.shape), generator=generator, dtype=loc.dtype).to(device)
         z = loc + scale * eps  # (c, B, latent)
-        obs = model.decode(z.reshape(-1, z.shape[-1]))
-        log_px = torch.stack([d.log_prob(flat.repeat(c, 1)).reshape(c, -1) for d in _rescored(obs, eps_values)])
+        codes, images, n = z.reshape(-1, z.shape[-1]), flat.repeat(c, 1), c * x.shape[0]
+        if fixed_rows and n < max(codes_per_batch, x.shape[0]):
+            pad = max(codes_per_batch, x.shape[0]) - n
+            codes, images = torch.cat([codes, codes[:1].expand(pad, -1)]), torch.cat([images, images[:1].expand(pad, -1)])
+        obs = model.decode(codes)
+        log_px = torch.stack([d.log_prob(images)[:n].reshape(c, -1) for d in _rescored(obs, eps_values)])
         log_q = (-0.5 * eps.pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
         out.append(log_px.double() + (_standard_normal_log_prob(z).double() - log_q.double()))
     out = torch.cat(out, dim=1)
@@ -123,7 +130,7 @@ def evaluate(model, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_si
     with compiled_decoders(model) if compile and latent else contextlib.nullcontext():
         for start in range(0, images.shape[0], batch_size):
             x = dequantise(images[start:start + batch_size], generator)
-            b, e = _batch_bounds(model, x, k, generator, codes_per_batch, eps_values, latent)
+            b, e = _batch_bounds(model, x, k, generator, codes_per_batch, eps_values, latent, compile)
             bound.append(b)
             elbo.append(e)
     bound, elbo = torch.cat(bound, dim=1), torch.cat(elbo, dim=1)  # (variants, images)
@@ -139,10 +146,10 @@ def evaluate(model, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_si
     return results[0] if eps_values is None else {float(e): r for e, r in zip(eps_values, results)}
 
 
-def _batch_bounds(model, x, k, generator, codes_per_batch, eps_values, latent):
+def _batch_bounds(model, x, k, generator, codes_per_batch, eps_values, latent, fixed_rows):
     """(bound, ELBO) log densities of a batch of dequantised images x, each (variants, B)."""
     if latent:
-        log_w = log_weights(model, x, k, generator, codes_per_batch, eps_values)
+        log_w = log_weights(model, x, k, generator, codes_per_batch, eps_values, fixed_rows)
         log_w = log_w if eps_values is not None else log_w[None]
         return torch.stack([iwae_bound(w) for w in log_w]), log_w.mean(1)
     # a single distribution over images: the exact likelihood

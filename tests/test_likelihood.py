@@ -196,3 +196,17 @@ def test_the_compiled_decoder_gives_the_eager_bound_and_leaves_no_trace(kind):
             torch.testing.assert_close(model.decode(z).mean, reference, rtol=1e-5, atol=1e-5)
         assert model.decode(z).mean.requires_grad  # with gradients: the eager decoder, which has them
     assert model._inference_body is None
+
+
+def test_fixed_rows_pads_every_decode_to_one_size_and_changes_no_weight(linear_model):
+    rows = []
+    decode = linear_model.decode
+    linear_model.decode = lambda z: rows.append(z.shape[0]) or decode(z)
+    x = torch.rand(3, 1, 1, 12)
+    plain = likelihood.log_weights(linear_model, x, 7, torch.Generator().manual_seed(0), codes_per_batch=8)
+    assert rows == [6, 6, 6, 3]  # 2 codes × 3 images a chunk, then the last code
+    rows.clear()
+    padded = likelihood.log_weights(linear_model, x, 7, torch.Generator().manual_seed(0), codes_per_batch=8,
+                                    fixed_rows=True)
+    assert rows == [8, 8, 8, 8]
+    torch.testing.assert_close(padded, plain)
