@@ -217,6 +217,9 @@ def compiled_decoders(model: nn.Module):
     2.5× on a CPU, benchmarks/README.md). Each new batch size compiles once, a few seconds.
     The weights are read when it compiles: do not change them inside the block."""
     vaes = [m for m in model.modules() if isinstance(m, VAE)]
+    # torch.compile's first use in a process turns torch.distributions' default argument
+    # validation off for good; the block leaves it as it found it
+    validate = torch.distributions.Distribution._validate_args
     for vae in vaes:
         vae._inference_body = torch.compile(vae.decoder.forward, dynamic=False, options={"freezing": True})
     try:
@@ -224,6 +227,7 @@ def compiled_decoders(model: nn.Module):
     finally:
         for vae in vaes:
             vae._inference_body = None
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def build_model(cfg, image_shape) -> nn.Module:

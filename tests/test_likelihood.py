@@ -183,6 +183,7 @@ def test_the_compiled_decoder_gives_the_eager_bound_and_leaves_no_trace(kind):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     x = torch.rand(5, 3, 12, 10)
+    validate = torch.distributions.Distribution._validate_args
     eager = likelihood.evaluate(model, x, k=6, seed=2, batch_size=2)
     compiled = likelihood.evaluate(model, x, k=6, seed=2, batch_size=2, compile=True)
     assert compiled["bits_per_dim"] == pytest.approx(eager["bits_per_dim"], rel=1e-5)
@@ -196,6 +197,7 @@ def test_the_compiled_decoder_gives_the_eager_bound_and_leaves_no_trace(kind):
             torch.testing.assert_close(model.decode(z).mean, reference, rtol=1e-5, atol=1e-5)
         assert model.decode(z).mean.requires_grad  # with gradients: the eager decoder, which has them
     assert model._inference_body is None
+    assert torch.distributions.Distribution._validate_args == validate  # torch.compile turns it off; restored
 
 
 def test_fixed_rows_pads_every_decode_to_one_size_and_changes_no_weight(linear_model):
