@@ -39,7 +39,7 @@ def learning_rate(cfg: Config, role: str, n: int, release_step: Optional[int], s
     Adam's first update of a parameter is ±lr whatever its gradient, so a head released
     at full rate moves all R components by the same step, in the sign pattern of one
     gradient: a single component over the whole image that the likelihood, whose pull on
-    a large singular value s is only ~1/s, then hardly shrinks (measured in configs.py).
+    a large singular value s is only ~1/s, then hardly shrinks (docs/findings/release_warmup.md).
     The log-scale diagonal heads (β-VAE variance, learned D, Dorta's log L_ii) run at
     `diagonal_lr_factor` × that rate when it is set: each step moves their log-variance by
     at most ~lr per input feature, and they start at ε, ~8 nats below a fitted variance."""
