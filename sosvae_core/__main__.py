@@ -194,7 +194,7 @@ def _add_nll(sub) -> None:
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--batch-size", type=int, default=8, help="test images per batch (each decodes K codes)")
     n.add_argument("--compile", action="store_true", help="decode through the decoder compiled for evaluation "
-                   "(torch.compile with frozen weights): equal to float32 rounding, about 2.5x faster on a CPU")
+                   "(torch.compile with frozen weights): equal to float32 rounding, about 1.4x faster in all on a CPU")
     n.add_argument("--data-root", help="dataset folder (default: $SOSVAE_DATA_ROOT)")
     n.add_argument("--device", default="auto")
     n.add_argument("--cache-dir", help="decoded-image cache (default: $SOSVAE_CACHE_DIR, else cache/ beside the runs)")

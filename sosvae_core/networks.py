@@ -213,8 +213,9 @@ def compiled_decoders(model: nn.Module):
     evaluation: torch.compile with freezing, which folds batch normalisation into the
     convolutions and treats the weights as constants. It applies in evaluation mode under
     no_grad (elsewhere the eager decoder runs), its decodes equal the eager ones to float32
-    rounding, and it pays where one model decodes many codes (the K-sample bound: about
-    2.5× on a CPU, benchmarks/README.md). Each new batch size compiles once, a few seconds.
+    rounding, and it pays where one model decodes many codes (the K-sample bound: 1.4× in
+    all on a CPU, the decoder body alone 2.4–3×; benchmarks/README.md). Each new batch size
+    compiles once, a few seconds.
     The weights are read when it compiles: do not change them inside the block."""
     vaes = [m for m in model.modules() if isinstance(m, VAE)]
     # torch.compile's first use in a process turns torch.distributions' default argument
