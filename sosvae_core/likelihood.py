@@ -116,8 +116,8 @@ def evaluate(model, images: torch.Tensor, k: int = 1000, seed: int = 0, batch_si
 
     With `eps_values`, a low-rank model's trained μ and P are scored under each fixed diagonal
     εI instead of its own, from the same codes: {ε: result} (the price of coherence, notebook 13).
-    `compile` decodes through `networks.compiled_decoders`: equal to float32 rounding, and faster
-    once K·N codes repay the compile time (seconds per batch size)."""
+    `compile` decodes through `networks.compiled_decoders`, every decode of one size so that it
+    compiles once (seconds): equal to float32 rounding, faster once K·N codes repay that."""
     if k < 1:
         raise ValueError(f"k = {k}; the bound needs at least one code per image (k ≥ 1)")
     if images.shape[0] < 2:
